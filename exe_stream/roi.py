@@ -1,0 +1,180 @@
+"""Crop/resize: the torch reference of the ``roi_resample`` kernel spec (DESIGN.md).
+
+This module *is* the spec the CUDA kernels are checked against:
+
+1. Colour. YUV 4:2:0 planes become RGB in [0, 1] per source pixel. Chroma is upsampled 2x
+   with bilinear interpolation, half-pixel centres and edge clamping (chroma sample ``c``
+   sits at luma coordinate ``2c + 0.5`` in pixel-centre units). The matrix is BT.601 or
+   BT.709; limited range maps Y 16..235 and Cb/Cr 16..240, full range 0..255. The result is
+   clamped to [0, 1].
+2. Geometry. A ROI is ``(batch_index, x0, y0, x1, y1)`` in source pixel *edge* coordinates:
+   the whole W x H image is ``(0, 0, W, H)`` and pixel ``(i, j)`` has its centre at
+   ``(j + 0.5, i + 0.5)``. Output pixel ``(r, c)`` of an ``h x w`` crop samples the source at
+   ``x = x0 + (c + 0.5) (x1 - x0) / w``, ``y = y0 + (r + 0.5) (y1 - y0) / h``.
+3. Sampling. Bilinear between the four nearest pixel centres (``align_corners=False``); taps
+   outside the image count as zero, so a ROI reaching past the border fades to black.
+4. Output. ``mode="rgb"`` keeps 3 channels; ``mode="gray"`` gives ``0.299 R + 0.587 G +
+   0.114 B``. Then ``(x - mean) / std`` per channel.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .types import FrameBatch
+
+Mode = Literal["rgb", "gray"]
+
+# (Kr, Kb) luma coefficients of each matrix.
+_LUMA = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def _check_matrix(matrix: str) -> tuple[float, float]:
+    if matrix not in _LUMA:
+        raise ValueError(f"unknown colour matrix {matrix!r}; expected one of {sorted(_LUMA)}")
+    return _LUMA[matrix]
+
+
+def upsample_chroma(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """2x bilinear upsampling of a chroma plane to the luma size.
+
+    plane: float32 [B, 1, (H+1)//2, (W+1)//2] -> float32 [B, 1, H, W] (same device).
+    """
+    ch, cw = plane.shape[-2:]
+    up = F.interpolate(plane, size=(2 * ch, 2 * cw), mode="bilinear", align_corners=False)
+    return up[..., :height, :width]
+
+
+def yuv_to_rgb(
+    y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, matrix: str, full_range: bool
+) -> torch.Tensor:
+    """YUV 4:2:0 planes to RGB.
+
+    y: uint8 [B, H, W]; u, v: uint8 [B, (H+1)//2, (W+1)//2], any device.
+    Returns float32 [B, 3, H, W] in [0, 1] (NCHW) on the planes' device.
+    """
+    kr, kb = _check_matrix(matrix)
+    kg = 1.0 - kr - kb
+    b, h, w = y.shape
+    yf = y.to(torch.float32)
+    cb = upsample_chroma(u.to(torch.float32).unsqueeze(1), h, w).squeeze(1)
+    cr = upsample_chroma(v.to(torch.float32).unsqueeze(1), h, w).squeeze(1)
+    if full_range:
+        yn, pb, pr = yf / 255.0, (cb - 128.0) / 255.0, (cr - 128.0) / 255.0
+    else:
+        yn, pb, pr = (yf - 16.0) / 219.0, (cb - 128.0) / 224.0, (cr - 128.0) / 224.0
+    r = yn + 2.0 * (1.0 - kr) * pr
+    g = yn - (2.0 * kb * (1.0 - kb) / kg) * pb - (2.0 * kr * (1.0 - kr) / kg) * pr
+    bl = yn + 2.0 * (1.0 - kb) * pb
+    return torch.stack((r, g, bl), dim=1).clamp_(0.0, 1.0)
+
+
+def _check_rois(rois: torch.Tensor, batch: int) -> None:
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be [K, 5] (batch_index, x0, y0, x1, y1), got {tuple(rois.shape)}")
+    if rois.shape[0] and (rois[:, 0].min() < 0 or rois[:, 0].max() >= batch):
+        raise ValueError(f"roi batch_index outside 0..{batch - 1}")
+    if rois.shape[0] and bool(((rois[:, 3] <= rois[:, 1]) | (rois[:, 4] <= rois[:, 2])).any()):
+        raise ValueError("every roi needs x1 > x0 and y1 > y0")
+
+
+def _grid(rois: torch.Tensor, out_hw: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """Sampling grid for grid_sample: float32 [K, h, w, 2] in normalised coordinates."""
+    oh, ow = out_hw
+    dev = rois.device
+    t_x = (torch.arange(ow, device=dev, dtype=torch.float32) + 0.5) / ow
+    t_y = (torch.arange(oh, device=dev, dtype=torch.float32) + 0.5) / oh
+    x0, y0, x1, y1 = (rois[:, i : i + 1].to(torch.float32) for i in range(1, 5))
+    xs = x0 + t_x[None, :] * (x1 - x0)  # [K, w] source x (edge coordinates)
+    ys = y0 + t_y[None, :] * (y1 - y0)  # [K, h]
+    # align_corners=False: normalised -1 is the left edge of pixel 0, +1 the right edge of W-1.
+    gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, oh, -1)
+    gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, ow)
+    return torch.stack((gx, gy), dim=-1)
+
+
+def resample(
+    images: torch.Tensor,
+    rois: torch.Tensor,
+    out_hw: tuple[int, int],
+    mode: Mode = "rgb",
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    """Bilinear crop/resize of ROIs from RGB images, then normalisation (module docstring).
+
+    images: float32 [B, 3, H, W] in [0, 1]; rois: float [K, 5] (batch_index, x0, y0, x1, y1)
+    in source pixel edge coordinates. Returns float32 [K, 3 or 1, h, w] on the images' device.
+    """
+    if mode not in ("rgb", "gray"):
+        raise ValueError(f"mode must be 'rgb' or 'gray', got {mode!r}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+    channels = 3 if mode == "rgb" else 1
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mode {mode!r} needs {channels} mean/std values, got {len(mean)}/{len(std)}")
+    _check_rois(rois, images.shape[0])
+    oh, ow = int(out_hw[0]), int(out_hw[1])
+    _, _, h, w = images.shape
+    rois = rois.to(device=images.device, dtype=torch.float32)
+    grid = _grid(rois, (oh, ow), h, w)
+    out = images.new_empty((rois.shape[0], 3, oh, ow))
+    index = rois[:, 0].long()
+    # One grid_sample per source image, with all of its ROIs stacked along the grid's height,
+    # so no image is copied once per ROI.
+    for b in torch.unique(index).tolist():
+        sel = (index == b).nonzero().flatten()
+        g = grid[sel].reshape(1, sel.numel() * oh, ow, 2)
+        s = F.grid_sample(images[b : b + 1], g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[sel] = s.reshape(3, sel.numel(), oh, ow).transpose(0, 1)
+    if mode == "gray":
+        wts = torch.tensor(_GRAY, device=out.device, dtype=out.dtype).view(1, 3, 1, 1)
+        out = (out * wts).sum(dim=1, keepdim=True)
+    m = torch.tensor(list(mean), device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
+    s_ = torch.tensor(list(std), device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
+    return (out - m) / s_
+
+
+def roi_resample(
+    frames: FrameBatch,
+    rois: torch.Tensor,
+    out_hw: tuple[int, int],
+    mode: Mode = "rgb",
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    """The kernel spec: ROIs of YUV 4:2:0 frames to normalised NCHW crops.
+
+    frames: FrameBatch (uint8 planes, any device); rois: float [K, 5] (frame row in the batch,
+    x0, y0, x1, y1) in source pixel edge coordinates. Returns float32 [K, 3 or 1, h, w] on the
+    frames' device. Only frames that some ROI uses are converted to RGB.
+    """
+    _check_rois(rois, len(frames))
+    if rois.shape[0] == 0:
+        c = 3 if mode == "rgb" else 1
+        return torch.zeros((0, c, int(out_hw[0]), int(out_hw[1])), device=frames.device)
+    rois = rois.to(device=frames.device, dtype=torch.float32)
+    used, remap = torch.unique(rois[:, 0].long(), return_inverse=True)
+    rgb = yuv_to_rgb(frames.y[used], frames.u[used], frames.v[used], frames.matrix, frames.full_range)
+    local = torch.cat((remap.to(torch.float32)[:, None], rois[:, 1:]), dim=1)
+    return resample(rgb, local, out_hw, mode, mean, std)
+
+
+def letterbox_rois(num_frames: int, height: int, width: int) -> torch.Tensor:
+    """ROIs that letterbox whole frames into a square: the centred square of side max(H, W).
+
+    Returns float32 [num_frames, 5]. Resampled to S x S, the frame keeps its aspect ratio and
+    the padding (outside the frame) is zero before normalisation, as MediaPipe's
+    ImageToTensor does it.
+    """
+    side = float(max(height, width))
+    x0 = (width - side) / 2.0
+    y0 = (height - side) / 2.0
+    rois = torch.empty((num_frames, 5), dtype=torch.float32)
+    rois[:, 0] = torch.arange(num_frames, dtype=torch.float32)
+    rois[:, 1:] = torch.tensor([x0, y0, x0 + side, y0 + side])
+    return rois
