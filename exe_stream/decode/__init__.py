@@ -1,0 +1,63 @@
+"""Decoding backends (a registry of names) and finding the films to scan."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .base import Decoder
+
+__all__ = ["DECODERS", "VIDEO_EXTENSIONS", "Decoder", "find_videos", "get_decoder"]
+
+# File-name extensions (lower case) that find_videos treats as films.
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".mp4", ".m4v", ".mov", ".qt", ".mkv", ".webm", ".avi", ".wmv", ".asf", ".flv",
+        ".mpg", ".mpeg", ".m2v", ".vob", ".ts", ".m2ts", ".mts", ".3gp", ".3g2", ".ogv",
+        ".mxf", ".y4m", ".h264", ".264", ".h265", ".265", ".hevc", ".ivf", ".divx",
+    }
+)
+
+
+def _pyav() -> Decoder:
+    from .pyav import PyAVDecoder
+
+    return PyAVDecoder()
+
+
+# Backend name -> factory. GPU backends import their heavy packages inside their factory.
+DECODERS: dict[str, Callable[[], Decoder]] = {"pyav": _pyav}
+
+
+def get_decoder(name: str) -> Decoder:
+    """A new decoder of the backend called ``name`` (one of ``DECODERS``)."""
+    try:
+        factory = DECODERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown decoder {name!r}; choose one of: {', '.join(sorted(DECODERS))}"
+        ) from None
+    return factory()
+
+
+def find_videos(paths: Iterable[str | Path]) -> list[Path]:
+    """The films named by ``paths``: each is a file (kept whatever its extension) or a
+    directory searched recursively for files with a ``VIDEO_EXTENSIONS`` extension (hidden
+    files and directories skipped). Sorted, without duplicates.
+
+    Raises FileNotFoundError naming a path that does not exist.
+    """
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                for f in files:
+                    if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_EXTENSIONS:
+                        found.add(Path(root) / f)
+        elif p.exists():
+            found.add(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    return sorted(found)
