@@ -1,0 +1,382 @@
+"""``scan``: films in, Arrow timelines out. Decode once, detect once, classify with every model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .classify import classify_faces
+from .decode import find_videos, get_decoder
+from .detect import DetectorOptions, detect_faces
+from .errors import DecodeError
+from .models import EmotionModel, load_model
+from .sampling import SamplingOptions
+from .shards import (
+    Manifest, done_shards_exist, remove_film_shards, faces_path, faces_table, fingerprint, frames_path,
+    frames_table, shard_metadata, write_table,
+)
+from .types import FaceBatch, FrameBatch
+
+log = logging.getLogger(__name__)
+
+Status = Literal["done", "partial", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Everything that decides what a scan writes (part of each film's resume key)."""
+
+    # Which frames are sampled (every N frames or every S seconds; exact or keyframe).
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    # Face detector and its thresholds.
+    detector: DetectorOptions = field(default_factory=DetectorOptions)
+    # Emotion models: built-in names, model directories, or "ens:a+b" ensembles.
+    models: tuple[str, ...] = ("fer2013-minixception",)
+    # Where detection and classification run; "auto" picks CUDA when available.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Decoder backend; "auto" picks PyAV on the CPU path.
+    decoder: str = "auto"
+    # Inference engine; "auto" picks torch.
+    engine: str = "auto"
+    # Sampled frames per batch through detection and classification.
+    batch_size: int = 16
+    # Redo nothing that is already done with the same film, options and models.
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+        if self.engine not in ("auto", "torch", "onnxruntime", "tensorrt"):
+            raise ValueError(f"engine must be one of auto, torch, onnxruntime, tensorrt; got {self.engine!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.models:
+            raise ValueError("at least one model is needed")
+
+
+@dataclass
+class FilmResult:
+    """What happened to one film in a scan."""
+
+    film_id: str
+    path: str
+    status: Status
+    reason: str = ""
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    media_seconds: float = 0.0
+
+
+@dataclass
+class ScanResult:
+    """The outcome of a scan: one FilmResult per film, in input order."""
+
+    out: Path
+    films: list[FilmResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(f.status in ("done", "skipped") for f in self.films)
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for ``auto|cpu|cuda``; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def _resolve_backends(opts: ScanOptions, device: torch.device) -> str:
+    decoder = opts.decoder
+    if decoder == "auto":
+        decoder = "pyav"
+    if opts.engine not in ("auto", "torch"):
+        raise ValueError(
+            f"engine {opts.engine!r} belongs to the GPU fast path, which is not built yet; "
+            "use --engine torch (or auto)"
+        )
+    return decoder
+
+
+def _options_key(opts: ScanOptions, models: Sequence[EmotionModel], decoder: str) -> str:
+    """Hash of everything that changes a film's shards: sampling, detector, models, decoder."""
+    key = {
+        "sampling": asdict(opts.sampling),
+        "detector": asdict(opts.detector),
+        "models": {m.model_id: m.content_hash for m in models},
+        "decoder": decoder,
+        "schema": "1",
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prefetch(it: Iterator[FrameBatch], depth: int = 2) -> Iterator[FrameBatch]:
+    """Run a decoder iterator in a thread so decoding overlaps detection and classification.
+
+    Exceptions from the decoder are re-raised in the consumer at the point they happened.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, name="exe-stream-decode", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # drain so the worker can finish
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+class _FilmRows:
+    """Accumulates the rows of one film's shards (small: boxes and probabilities only)."""
+
+    def __init__(self, models: Sequence[EmotionModel]) -> None:
+        self.frames: dict[str, list] = {"frame_index": [], "pts_seconds": [], "is_keyframe": [], "n_faces": []}
+        self.faces: dict[str, list] = {k: [] for k in (
+            "frame_index", "pts_seconds", "face_index", "x0", "y0", "x1", "y1", "det_score", "face_area_rel")}
+        self.probs: dict[str, list[np.ndarray]] = {m.model_id: [] for m in models}
+
+    def add(self, frames: FrameBatch, faces: FaceBatch, probs: dict[str, torch.Tensor]) -> None:
+        fi = frames.frame_index.cpu().numpy()
+        pts = frames.pts_seconds.cpu().numpy()
+        rows = faces.frame_row.numpy()
+        self.frames["frame_index"].append(fi)
+        self.frames["pts_seconds"].append(pts)
+        self.frames["is_keyframe"].append(frames.is_keyframe.cpu().numpy())
+        self.frames["n_faces"].append(np.bincount(rows, minlength=len(frames)).astype(np.int16))
+        boxes = faces.boxes.numpy()
+        clipped = np.clip(boxes, 0.0, 1.0)
+        area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+        for name, values in (
+            ("frame_index", fi[rows]), ("pts_seconds", pts[rows]),
+            ("face_index", faces.face_index.numpy()),
+            ("x0", boxes[:, 0]), ("y0", boxes[:, 1]), ("x1", boxes[:, 2]), ("y1", boxes[:, 3]),
+            ("det_score", faces.scores.numpy()), ("face_area_rel", area.astype(np.float32)),
+        ):
+            self.faces[name].append(values)
+        for model_id, p in probs.items():
+            self.probs[model_id].append(p.detach().to("cpu", torch.float32).numpy())
+
+    def arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        def cat(parts, dtype):
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+        frames = {
+            "frame_index": cat(self.frames["frame_index"], np.int64),
+            "pts_seconds": cat(self.frames["pts_seconds"], np.float64),
+            "is_keyframe": cat(self.frames["is_keyframe"], bool),
+            "n_faces": cat(self.frames["n_faces"], np.int16),
+        }
+        faces = {
+            "frame_index": cat(self.faces["frame_index"], np.int64),
+            "pts_seconds": cat(self.faces["pts_seconds"], np.float64),
+            "face_index": cat(self.faces["face_index"], np.int16),
+            **{k: cat(self.faces[k], np.float32) for k in ("x0", "y0", "x1", "y1", "det_score", "face_area_rel")},
+        }
+        return frames, faces
+
+
+def _scan_film(
+    path: Path, film_id: str, out: Path, opts: ScanOptions, models: Sequence[EmotionModel],
+    decoder_name: str, device: torch.device, key: str, on_frames: Callable[[int, int], None] | None,
+) -> tuple[FilmResult, dict[str, Any]]:
+    start = time.perf_counter()
+    decoder = get_decoder(decoder_name)
+    result = FilmResult(film_id=film_id, path=str(path), status="done")
+    timings = {"decode_wait_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
+    info_dict: dict[str, Any] = {}
+    rows = _FilmRows(models)
+    try:
+        # 1. Probe: a demux pass that learns frame count, size, rotation and colour.
+        info = decoder.probe(path)
+        info_dict = {k: v for k, v in asdict(info).items() if k != "path"}
+        result.media_seconds = info.duration_seconds
+        expected = _expected_samples(info.num_frames, info.duration_seconds, opts.sampling)
+        batches = _prefetch(decoder.frames(path, opts.sampling, opts.batch_size))
+        t = time.perf_counter()
+        for frames in batches:
+            timings["decode_wait_s"] += time.perf_counter() - t
+            frames = _to_device(frames, device)
+            # 2. Detect faces on the whole batch.
+            t = time.perf_counter()
+            faces = detect_faces(frames, opts.detector)
+            timings["detect_s"] += time.perf_counter() - t
+            # 3. Classify every face with every model from the same crops.
+            t = time.perf_counter()
+            probs = classify_faces(frames, faces, models)
+            timings["classify_s"] += time.perf_counter() - t
+            rows.add(frames, faces, probs)
+            result.frames += len(frames)
+            if on_frames:
+                on_frames(result.frames, max(expected, result.frames))
+            t = time.perf_counter()
+    except DecodeError as e:
+        result.status = "partial" if result.frames > 0 else "failed"
+        result.reason = str(e)
+    except Exception as e:  # one broken film never stops the scan
+        log.debug("scan of %s failed:\n%s", path, traceback.format_exc())
+        result.status = "failed"
+        result.reason = f"{path}: {type(e).__name__}: {e}"
+    if result.frames > 0 or result.status == "done":
+        # 4. Write the shards: frames (every sampled frame) and faces per model.
+        _write_film(out, film_id, rows, models, opts, decoder_name, key)
+    else:
+        # Nothing decoded: no shards, and none left over from an earlier scan of this id.
+        remove_film_shards(out, film_id)
+    faces_per_model = {m: sum(len(p) for p in ps) for m, ps in rows.probs.items()}
+    result.faces = max(faces_per_model.values(), default=0)
+    result.seconds = time.perf_counter() - start
+    entry = {
+        "path": str(Path(path).resolve()),
+        "status": result.status,
+        "reason": result.reason,
+        "frames_sampled": result.frames,
+        "faces": result.faces,
+        "options_key": key,
+        "models": {m.model_id: m.content_hash for m in models},
+        "timings": {**{k: round(v, 4) for k, v in timings.items()}, "total_s": round(result.seconds, 4)},
+        "info": info_dict,
+    }
+    return result, entry
+
+
+def _expected_samples(num_frames: int, duration: float, s: SamplingOptions) -> int:
+    if s.every is not None:
+        return max(1, -(-num_frames // s.every))
+    return max(1, int(duration // s.interval) + 1)
+
+
+def _to_device(frames: FrameBatch, device: torch.device) -> FrameBatch:
+    if frames.device == device:
+        return frames
+    return FrameBatch(
+        y=frames.y.to(device, non_blocking=True), u=frames.u.to(device, non_blocking=True),
+        v=frames.v.to(device, non_blocking=True), frame_index=frames.frame_index,
+        pts_seconds=frames.pts_seconds, is_keyframe=frames.is_keyframe,
+        matrix=frames.matrix, full_range=frames.full_range,
+    )
+
+
+def _write_film(out: Path, film_id: str, rows: _FilmRows, models: Sequence[EmotionModel],
+                opts: ScanOptions, decoder_name: str, key: str) -> None:
+    frames, faces = rows.arrays()
+    common = dict(
+        detector=asdict(opts.detector), sampling=asdict(opts.sampling),
+        decoder=decoder_name, options_key=key,
+    )
+    write_table(frames_path(out, film_id), frames_table(film_id, **frames, metadata=shard_metadata(**common)))
+    for m in models:
+        parts = rows.probs[m.model_id]
+        probs = np.concatenate(parts) if parts else np.zeros((0, len(m.labels)), np.float32)
+        meta = shard_metadata(model_id=m.model_id, model_hash=m.content_hash, labels=list(m.labels), **common)
+        table = faces_table(film_id, m.model_id, m.labels, faces, probs.astype(np.float32), meta)
+        write_table(faces_path(out, film_id, m.model_id), table)
+
+
+def scan(
+    paths: Iterable[str | Path],
+    out: str | Path,
+    opts: ScanOptions = ScanOptions(),
+    metadata: dict[str, dict[str, Any]] | None = None,
+    on_film_start: Callable[[str, Path, int], None] | None = None,
+    on_frames: Callable[[int, int], None] | None = None,
+    on_film_end: Callable[[FilmResult], None] | None = None,
+) -> ScanResult:
+    """Scan films (files or directories searched recursively) into shards under ``out``.
+
+    Films whose fingerprint, options and model hashes match a ``done`` entry of the existing
+    manifest are skipped when ``opts.resume``; every other film is (re)scanned. A film that
+    fails is recorded as ``failed`` (or ``partial`` with what could be decoded) and the scan
+    goes on. ``metadata`` maps film ids or file names to extra columns (title, genre, ...)
+    stored in the manifest. The callbacks drive progress display.
+    """
+    out = Path(out)
+    films = find_videos([Path(p) for p in paths])
+    device = resolve_device(opts.device)
+    decoder_name = _resolve_backends(opts, device)
+    get_decoder(decoder_name)  # unknown names fail before any work
+    models = [load_model(spec, device) for spec in opts.models]
+    key = _options_key(opts, models, decoder_name)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.load(out)
+    manifest.scans.append({
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "exe_stream_version": __version__,
+        "options": json.loads(json.dumps(asdict(opts), default=str)), "options_key": key,
+        "models": {m.model_id: {"hash": m.content_hash, "labels": list(m.labels)} for m in models},
+        "device": str(device), "films": len(films),
+    })
+    results: list[FilmResult] = []
+    taken: set[str] = set()
+    for i, path in enumerate(films):
+        film_id = manifest.film_id_for(path, taken)
+        taken.add(film_id)
+        if on_film_start:
+            on_film_start(film_id, path, i)
+        try:
+            fp = fingerprint(path)
+        except OSError as e:
+            fp = ""
+            log.debug("cannot fingerprint %s: %s", path, e)
+        prev = manifest.films.get(film_id, {})
+        if (opts.resume and prev.get("status") == "done" and prev.get("fingerprint") == fp
+                and prev.get("options_key") == key
+                and done_shards_exist(out, film_id, [m.model_id for m in models])):
+            res = FilmResult(film_id, str(path), "skipped", "already scanned with the same options",
+                             frames=prev.get("frames_sampled", 0), faces=prev.get("faces", 0))
+        else:
+            res, entry = _scan_film(path, film_id, out, opts, models, decoder_name, device, key, on_frames)
+            entry["fingerprint"] = fp
+            meta = (metadata or {}).get(film_id) or (metadata or {}).get(Path(path).name)
+            if meta:
+                entry["metadata"] = meta
+            manifest.films[film_id] = entry
+            manifest.save()
+        results.append(res)
+        if on_film_end:
+            on_film_end(res)
+    manifest.save()
+    return ScanResult(out=out, films=results)
