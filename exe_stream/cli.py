@@ -139,7 +139,8 @@ def scan_cmd(
     decoder: str = typer.Option("auto", "--decoder", help="auto | pyav | nvdec | dali"),
     detector: str = typer.Option("blazeface-full", "--detector", help="blazeface-full | blazeface-short"),
     engine: str = typer.Option("auto", "--engine", help="auto | torch | onnxruntime | tensorrt"),
-    min_face_score: float = typer.Option(0.5, "--min-face-score", help="Detector score threshold."),
+    min_face_score: Optional[float] = typer.Option(
+        None, "--min-face-score", help="Detector score threshold (default: the model's MediaPipe one, 0.6 full / 0.5 short)."),
     max_faces: int = typer.Option(0, "--max-faces", help="Keep at most N faces per frame, largest first (0 = all)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sampled frames per batch."),
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="film_id/title/genre CSV or JSON."),
