@@ -57,20 +57,26 @@ def yuv_to_rgb(
     y: uint8 [B, H, W]; u, v: uint8 [B, (H+1)//2, (W+1)//2], any device.
     Returns float32 [B, 3, H, W] in [0, 1] (NCHW) on the planes' device.
     """
-    kr, kb = _check_matrix(matrix)
-    kg = 1.0 - kr - kb
     b, h, w = y.shape
-    yf = y.to(torch.float32)
     cb = upsample_chroma(u.to(torch.float32).unsqueeze(1), h, w).squeeze(1)
     cr = upsample_chroma(v.to(torch.float32).unsqueeze(1), h, w).squeeze(1)
+    return ycbcr_to_rgb(y.to(torch.float32), cb, cr, matrix, full_range, dim=1)
+
+
+def ycbcr_to_rgb(
+    y: torch.Tensor, cb: torch.Tensor, cr: torch.Tensor, matrix: str, full_range: bool, dim: int
+) -> torch.Tensor:
+    """Float Y, Cb, Cr code values (0..255, same shape) to RGB in [0, 1], stacked along ``dim``."""
+    kr, kb = _check_matrix(matrix)
+    kg = 1.0 - kr - kb
     if full_range:
-        yn, pb, pr = yf / 255.0, (cb - 128.0) / 255.0, (cr - 128.0) / 255.0
+        yn, pb, pr = y / 255.0, (cb - 128.0) / 255.0, (cr - 128.0) / 255.0
     else:
-        yn, pb, pr = (yf - 16.0) / 219.0, (cb - 128.0) / 224.0, (cr - 128.0) / 224.0
+        yn, pb, pr = (y - 16.0) / 219.0, (cb - 128.0) / 224.0, (cr - 128.0) / 224.0
     r = yn + 2.0 * (1.0 - kr) * pr
     g = yn - (2.0 * kb * (1.0 - kb) / kg) * pb - (2.0 * kr * (1.0 - kr) / kg) * pr
     bl = yn + 2.0 * (1.0 - kb) * pb
-    return torch.stack((r, g, bl), dim=1).clamp_(0.0, 1.0)
+    return torch.stack((r, g, bl), dim=dim).clamp_(0.0, 1.0)
 
 
 def _check_rois(rois: torch.Tensor, batch: int) -> None:
@@ -139,7 +145,7 @@ def resample(
     return (out - m) / s_
 
 
-def roi_resample(
+def roi_resample_reference(
     frames: FrameBatch,
     rois: torch.Tensor,
     out_hw: tuple[int, int],
@@ -147,11 +153,11 @@ def roi_resample(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> torch.Tensor:
-    """The kernel spec: ROIs of YUV 4:2:0 frames to normalised NCHW crops.
+    """The kernel spec written plainly: whole frames to RGB (``yuv_to_rgb``), then ``resample``.
 
-    frames: FrameBatch (uint8 planes, any device); rois: float [K, 5] (frame row in the batch,
-    x0, y0, x1, y1) in source pixel edge coordinates. Returns float32 [K, 3 or 1, h, w] on the
-    frames' device. Only frames that some ROI uses are converted to RGB.
+    Same arguments and result as ``roi_resample``; it converts every pixel of each frame a
+    ROI uses, so it is slow and memory-hungry on large frames. Tests hold ``roi_resample``
+    (and the CUDA kernel) to it.
     """
     _check_rois(rois, len(frames))
     if rois.shape[0] == 0:
@@ -162,6 +168,100 @@ def roi_resample(
     rgb = yuv_to_rgb(frames.y[used], frames.u[used], frames.v[used], frames.matrix, frames.full_range)
     local = torch.cat((remap.to(torch.float32)[:, None], rois[:, 1:]), dim=1)
     return resample(rgb, local, out_hw, mode, mean, std)
+
+
+def _taps(centre: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear taps along one axis: for sample positions in pixel-centre units [K, n], the two
+    neighbouring pixel indices (clamped into the image) and their weights, zero for taps that
+    fall outside the image."""
+    lo = torch.floor(centre)
+    frac = centre - lo
+    i0 = lo.long()
+    i1 = i0 + 1
+    w0 = (1.0 - frac) * ((i0 >= 0) & (i0 < size))
+    w1 = frac * ((i1 >= 0) & (i1 < size))
+    return i0.clamp(0, size - 1), i1.clamp(0, size - 1), w0, w1
+
+
+def _chroma_taps(luma: torch.Tensor, csize: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2x chroma upsampling of ``upsample_chroma`` at luma indices: two chroma indices and
+    weights (half-pixel centres, edge clamping, as F.interpolate does it)."""
+    src = ((luma.to(torch.float32) + 0.5) * 0.5 - 0.5).clamp(min=0.0)
+    c0 = torch.floor(src)
+    lam = src - c0
+    c0 = c0.long().clamp(max=csize - 1)
+    c1 = (c0 + 1).clamp(max=csize - 1)
+    return c0, c1, 1.0 - lam, lam
+
+
+def roi_resample(
+    frames: FrameBatch,
+    rois: torch.Tensor,
+    out_hw: tuple[int, int],
+    mode: Mode = "rgb",
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    """The kernel spec, computed from the taps it needs: ROIs of YUV 4:2:0 frames to
+    normalised NCHW crops.
+
+    frames: FrameBatch (uint8 planes, any device); rois: float [K, 5] (frame row in the batch,
+    x0, y0, x1, y1) in source pixel edge coordinates. Returns float32 [K, 3 or 1, h, w] on the
+    frames' device, equal to ``roi_resample_reference`` (to float rounding).
+
+    Like the CUDA kernel, it never converts a whole frame: it gathers the 2h x 2w grid of luma
+    samples that the bilinear taps touch and the chroma samples their upsampling uses, converts
+    that grid to RGB (clamped), and blends each 2x2 tap group. Work and memory scale with the
+    output, not with the frame, so letterboxing a 1080p frame to 192x192 is cheap.
+    """
+    if mode not in ("rgb", "gray"):
+        raise ValueError(f"mode must be 'rgb' or 'gray', got {mode!r}")
+    channels = 3 if mode == "rgb" else 1
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mode {mode!r} needs {channels} mean/std values, got {len(mean)}/{len(std)}")
+    _check_rois(rois, len(frames))
+    oh, ow = int(out_hw[0]), int(out_hw[1])
+    dev = frames.device
+    if rois.shape[0] == 0:
+        return torch.zeros((0, channels, oh, ow), device=dev)
+    _check_matrix(frames.matrix)
+    rois = rois.to(device=dev, dtype=torch.float32)
+    h, w = frames.height, frames.width
+    ch, cw = frames.u.shape[1], frames.u.shape[2]
+    k = rois.shape[0]
+    b = rois[:, 0].long()
+    x0, y0, x1, y1 = (rois[:, i : i + 1] for i in range(1, 5))
+    # Sample positions in pixel-centre units (pixel j's centre is j).
+    xs = x0 + (torch.arange(ow, device=dev, dtype=torch.float32) + 0.5) / ow * (x1 - x0) - 0.5  # [K, w]
+    ys = y0 + (torch.arange(oh, device=dev, dtype=torch.float32) + 0.5) / oh * (y1 - y0) - 0.5  # [K, h]
+    c0, c1, wx0, wx1 = _taps(xs, w)
+    r0, r1, wy0, wy1 = _taps(ys, h)
+    # The tap grid: rows (r0_0, r1_0, r0_1, r1_1, ...) x columns likewise -> [K, 2h, 2w].
+    rows = torch.stack((r0, r1), dim=2).reshape(k, 2 * oh)
+    cols = torch.stack((c0, c1), dim=2).reshape(k, 2 * ow)
+    cr0, cr1, lr0, lr1 = _chroma_taps(rows, ch)
+    cc0, cc1, lc0, lc1 = _chroma_taps(cols, cw)
+    lum = torch.empty((k, 2 * oh, 2 * ow), device=dev, dtype=torch.float32)
+    cb = torch.empty_like(lum)
+    cr = torch.empty_like(lum)
+    # Separable gathers per ROI: whole rows first (contiguous copies), then columns.
+    for i, f in enumerate(b.flatten().tolist()):
+        lum[i] = frames.y[f].index_select(0, rows[i]).index_select(1, cols[i])
+        for plane, dst in ((frames.u[f], cb), (frames.v[f], cr)):
+            up = (plane.index_select(0, cr0[i]).to(torch.float32) * lr0[i, :, None]
+                  + plane.index_select(0, cr1[i]).to(torch.float32) * lr1[i, :, None])
+            dst[i] = up.index_select(1, cc0[i]) * lc0[i] + up.index_select(1, cc1[i]) * lc1[i]
+    rgb = ycbcr_to_rgb(lum, cb, cr, frames.matrix, frames.full_range, dim=1)  # [K, 3, 2h, 2w]
+    rgb = rgb.reshape(k, 3, oh, 2, ow, 2)
+    wy = torch.stack((wy0, wy1), dim=2)[:, None, :, :, None, None]  # [K, 1, h, 2, 1, 1]
+    wx = torch.stack((wx0, wx1), dim=2)[:, None, None, None, :, :]  # [K, 1, 1, 1, w, 2]
+    out = (rgb * wy * wx).sum(dim=(3, 5))
+    if mode == "gray":
+        wts = torch.tensor(_GRAY, device=dev, dtype=out.dtype).view(1, 3, 1, 1)
+        out = (out * wts).sum(dim=1, keepdim=True)
+    m = torch.tensor(list(mean), device=dev, dtype=out.dtype).view(1, -1, 1, 1)
+    s_ = torch.tensor(list(std), device=dev, dtype=out.dtype).view(1, -1, 1, 1)
+    return (out - m) / s_
 
 
 def letterbox_rois(num_frames: int, height: int, width: int) -> torch.Tensor:

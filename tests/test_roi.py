@@ -186,3 +186,42 @@ def test_bad_rois_and_matrix_are_named():
     planes = [torch.from_numpy(p) for p in _flat(2, 2, 16, 128, 128)]
     with pytest.raises(ValueError, match="unknown colour matrix 'bt2020'"):
         yuv_to_rgb(*planes, "bt2020", False)
+
+
+@pytest.mark.parametrize("h, w", [(9, 13), (10, 16), (1, 1), (37, 20)])
+@pytest.mark.parametrize("matrix, full_range", [("bt601", False), ("bt709", True)])
+@pytest.mark.parametrize("mode", ["rgb", "gray"])
+def test_gathering_roi_resample_equals_the_whole_frame_reference(h, w, matrix, full_range, mode):
+    from exe_stream.roi import roi_resample_reference
+
+    rng = np.random.default_rng(h * 100 + w)
+    ch, cw = (h + 1) // 2, (w + 1) // 2
+    y = rng.integers(0, 256, (3, h, w), dtype=np.uint8)  # full code range: clamping matters
+    u = rng.integers(0, 256, (3, ch, cw), dtype=np.uint8)
+    v = rng.integers(0, 256, (3, ch, cw), dtype=np.uint8)
+    frames = _frames(y, u, v, matrix, full_range)
+    k = 12
+    x0 = rng.uniform(-0.5 * w, w, k)
+    y0 = rng.uniform(-0.5 * h, h, k)
+    rois = torch.tensor(np.stack([rng.integers(0, 3, k), x0, y0,
+                                  x0 + rng.uniform(0.3, 1.5 * w, k), y0 + rng.uniform(0.3, 1.5 * h, k)], 1),
+                        dtype=torch.float32)
+    rois = torch.cat([rois, torch.tensor([[1.0, 0.0, 0.0, float(w), float(h)]])])  # identity crop
+    mean, std = ((0.5,), (0.25,)) if mode == "gray" else ((0.1, 0.2, 0.3), (0.5, 0.6, 0.7))
+    fast = roi_resample(frames, rois, (7, 5), mode, mean, std)
+    ref = roi_resample_reference(frames, rois, (7, 5), mode, mean, std)
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_gathering_roi_resample_on_a_large_frame_matches_reference_letterbox():
+    from exe_stream.roi import roi_resample_reference
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(16, 236, (2, 270, 480), dtype=np.uint8)
+    u = rng.integers(16, 241, (2, 135, 240), dtype=np.uint8)
+    v = rng.integers(16, 241, (2, 135, 240), dtype=np.uint8)
+    frames = _frames(y, u, v, "bt709", False)
+    rois = letterbox_rois(2, 270, 480)
+    torch.testing.assert_close(roi_resample(frames, rois, (64, 64), mean=(0.5,) * 3, std=(0.5,) * 3),
+                               roi_resample_reference(frames, rois, (64, 64), mean=(0.5,) * 3, std=(0.5,) * 3),
+                               atol=2e-5, rtol=1e-5)
