@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -337,6 +339,27 @@ def scan(
     out = Path(out)
     films = find_videos([Path(p) for p in paths])
     device = resolve_device(opts.device)
+    with _cpu_threads(device):
+        return _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end)
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: torch.device) -> Iterator[None]:
+    """On the CPU, decoding (FFmpeg threads) and inference (torch threads) share the cores:
+    give torch half of them for the scan. Measured on 2 cores (5-minute 1080p film): torch's
+    default of one thread per core competing with the decoder made detection 4x slower."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end) -> ScanResult:
     decoder_name = _resolve_backends(opts, device)
     get_decoder(decoder_name)  # unknown names fail before any work
     models = [load_model(spec, device) for spec in opts.models]

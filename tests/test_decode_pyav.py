@@ -6,8 +6,10 @@ which frame came out, not only its index; exactness is checked against a plain f
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 import media
 from exe_stream.decode import VIDEO_EXTENSIONS, Decoder, find_videos, get_decoder
 from exe_stream.decode.pyav import PyAVDecoder, PyAVOptions
+from exe_stream.decode.pyav import _exact_runs as pyav_exact_runs
 from exe_stream.errors import DecodeError
 from exe_stream.sampling import SamplingOptions, select_frames
 from exe_stream.types import FrameBatch
@@ -133,12 +136,14 @@ EXACT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("every, seek_min, threads", EXACT_CASES)
-def test_exact_sampling_is_bit_identical_to_full_decode(films, every, seek_min, threads):
+def test_exact_sampling_is_bit_identical_to_full_decode(films, every, seek_min, threads, workers):
     path = films.h264_bframes
     ref = full_decode(path)
     pts, tb = pts_of(path)
-    dec = PyAVDecoder(PyAVOptions(thread_type=threads, seek_min_packets=seek_min))
+    dec = PyAVDecoder(PyAVOptions(thread_type=threads, seek_min_packets=seek_min,
+                                  run_workers=workers))
     got = collect(dec, path, SamplingOptions(every=every))
     assert got["index"] == list(range(0, 120, every))
     for row, i in enumerate(got["index"]):
@@ -465,6 +470,7 @@ def test_batch_size_must_be_positive(films):
         ({"thread_type": "MANY"}, "thread_type must be 'AUTO', 'FRAME', 'SLICE' or 'NONE', got 'MANY'"),
         ({"threads": -1}, r"threads must be >= 0 \(0 = automatic\), got -1"),
         ({"seek_min_packets": 0}, "seek_min_packets must be >= 1, got 0"),
+        ({"run_workers": -1}, r"run_workers must be >= 0 \(0 = automatic\), got -1"),
     ],
 )
 def test_pyav_options_errors(kwargs, message):
@@ -479,3 +485,120 @@ def test_stopping_early_closes_cleanly(films):
     it.close()
     assert first.frame_index.tolist() == [0, 1]
     assert len(list(dec.frames(films.h264_bframes, SamplingOptions(every=60), 2))) == 1
+
+
+# Runs decoded at once ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_runs(tmp_path_factory) -> Path:
+    """250 frames with B-frames and a keyframe every 10: sparse sampling makes many runs."""
+    return media.write_film(tmp_path_factory.mktemp("runs") / "many_runs.mp4", width=160,
+                            height=96, num_frames=250, gop=10)
+
+
+def run_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("exe-stream-run-")]
+
+
+@pytest.mark.parametrize("sampling", [SamplingOptions(every=13), SamplingOptions(every=37),
+                                      SamplingOptions(every=23, mode="keyframe")])
+def test_run_workers_give_the_output_of_one_decoder(many_runs, sampling):
+    one = PyAVDecoder(PyAVOptions(run_workers=1, seek_min_packets=8))
+    three = PyAVDecoder(PyAVOptions(run_workers=3, seek_min_packets=8))
+    a, b = collect(one, many_runs, sampling, 4), collect(three, many_runs, sampling, 4)
+    assert a["index"] == b["index"] and a["pts"] == b["pts"] and a["key"] == b["key"]
+    assert counters(b["y"]) == b["index"]
+    assert all(np.array_equal(a[k], b[k]) for k in ("y", "u", "v"))
+    assert [len(x) for x in a["batches"]] == [len(x) for x in b["batches"]]
+    s1, s3 = one.last_stats, three.last_stats
+    assert (s1.workers, s3.workers) == (1, 3) and s3.runs >= 7 and s3.seeks > 0
+    assert s1.frames_sampled == s3.frames_sampled == len(a["index"]) and not s3.missing
+    if sampling.mode == "keyframe":
+        assert s3.frames_decoded == s3.packets_fed == len(a["index"])
+    assert not run_threads()
+
+
+def test_dense_sampling_keeps_one_decoder(many_runs, monkeypatch):
+    from exe_stream.decode import pyav
+
+    # At most 2 sampled frames of a run may wait: runs with more are not decoded at once.
+    monkeypatch.setattr(pyav, "_RUN_BYTES", 2 * 160 * 96 * 3 // 2)
+    dec = PyAVDecoder(PyAVOptions(run_workers=3))
+    got = collect(dec, many_runs, SamplingOptions(every=1))
+    assert counters(got["y"]) == got["index"] == list(range(250))
+    assert dec.last_stats.workers == 1 and dec.last_stats.runs == 1
+    got = collect(dec, many_runs, SamplingOptions(every=7))
+    assert counters(got["y"]) == got["index"] == list(range(0, 250, 7))
+    assert dec.last_stats.workers == 3
+
+
+def test_stopping_early_stops_the_run_workers_and_closes_their_files(many_runs, monkeypatch):
+    from exe_stream.decode import pyav
+
+    class Tracked:
+        """A container that records whether it was closed."""
+
+        def __init__(self, container):
+            self._c, self.closed = container, False
+            opened.append(self)
+
+        def __getattr__(self, name):
+            return getattr(self._c, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
+        def close(self):
+            self.closed = True
+            self._c.close()
+
+    opened: list[Tracked] = []
+    real_open = pyav._open
+    monkeypatch.setattr(pyav, "_open", lambda path: Tracked(real_open(path)))
+    dec = PyAVDecoder(PyAVOptions(run_workers=3))
+    it = dec.frames(many_runs, SamplingOptions(every=7), 2)
+    first = next(it)
+    assert first.frame_index.tolist() == [0, 7] and run_threads()
+    it.close()
+    assert not run_threads()
+    assert len(opened) >= 2 and all(c.closed for c in opened)  # the demux pass, the workers
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_failing_run_comes_after_the_runs_before_it(many_runs, monkeypatch, workers):
+    from exe_stream.decode import pyav
+
+    real_run = pyav._decode_run
+
+    def failing_run(plan, k, reader, convert):
+        for n, item in enumerate(real_run(plan, k, reader, convert)):
+            if k == 5:
+                raise DecodeError(plan.path, "cannot read the file: gone")
+            yield item
+
+    monkeypatch.setattr(pyav, "_decode_run", failing_run)
+    dec = PyAVDecoder(PyAVOptions(run_workers=workers))
+    yielded = []
+    # every=37, keyframes every 10: one sample per run, and no two runs touch.
+    with pytest.raises(DecodeError, match="many_runs.mp4: cannot read the file: gone") as e:
+        for b in dec.frames(many_runs, SamplingOptions(every=37), 1):
+            yielded += b.frame_index.tolist()
+    assert yielded == [0, 37, 74, 111, 148] and e.value.frames_decoded == 5
+    assert not run_threads()
+
+
+def test_runs_cover_open_gop_leading_pictures_and_merge_touching_ones():
+    # Decode order: I (pts 0), P 1..9, CRA (pts 12) at 10, its leading pictures (pts 10, 11)
+    # at 11 and 12, then P 13...
+    pts = np.array([*range(10), 12, 10, 11, *range(13, 20)])
+    index = SimpleNamespace(pts=pts, keyframe=np.isin(np.arange(20), [0, 10]))
+    run = lambda runs: [(r.start, r.end) for r in runs]
+    # A leading picture needs the GOP before, even when the CRA is sampled too.
+    assert run(pyav_exact_runs(index, [10, 11], merge_touching=False)) == [(0, 11)]
+    assert run(pyav_exact_runs(index, [9, 10], merge_touching=True)) == [(0, 10)]
+    assert run(pyav_exact_runs(index, [9, 10], merge_touching=False)) == [(0, 9), (10, 10)]
+    assert run(pyav_exact_runs(index, [5, 15], merge_touching=False)) == [(0, 5), (10, 15)]
