@@ -8,18 +8,11 @@ convolution takes 1 input channel instead of 3 (same shape otherwise). All retur
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torchvision.models as tvm
 from torch import nn
 
-# Architecture name -> torchvision constructor.
-TORCHVISION_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": tvm.resnet18,
-    "resnet50": tvm.resnet50,
-    "efficientnet_b0": tvm.efficientnet_b0,
-    "mobilenet_v2": tvm.mobilenet_v2,
-}
+# Architectures built by the torchvision constructor of the same name. torchvision is imported
+# only when one is built: importing it costs seconds, which a scan with no such model saves.
+TORCHVISION_ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet50", "efficientnet_b0", "mobilenet_v2")
 
 
 def _first_conv_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -33,7 +26,9 @@ def build_torchvision(name: str, num_classes: int, in_channels: int = 3) -> nn.M
     """A torchvision classifier: input float32 [K, in_channels, H, W] -> logits [K, num_classes]."""
     if name not in TORCHVISION_ARCHITECTURES:
         raise ValueError(f"unknown torchvision architecture {name!r}; expected one of {sorted(TORCHVISION_ARCHITECTURES)}")
-    model = TORCHVISION_ARCHITECTURES[name](weights=None, num_classes=num_classes)
+    import torchvision.models as tvm
+
+    model = getattr(tvm, name)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         parent, attr = _first_conv_parent(model, name)
         old = getattr(parent, attr)
