@@ -79,6 +79,26 @@ def ycbcr_to_rgb(
     return torch.stack((r, g, bl), dim=dim).clamp_(0.0, 1.0)
 
 
+def _check_mode(mode: str, mean: Sequence[float], std: Sequence[float]) -> int:
+    """Validate the output mode and its mean/std; returns the output channel count."""
+    if mode not in ("rgb", "gray"):
+        raise ValueError(f"mode must be 'rgb' or 'gray', got {mode!r}")
+    channels = 3 if mode == "rgb" else 1
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mode {mode!r} needs {channels} mean/std values, got {len(mean)}/{len(std)}")
+    return channels
+
+
+def _finish(out: torch.Tensor, mode: str, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Sampled RGB [K, 3, h, w] -> grey if asked, then (x - mean) / std per channel."""
+    if mode == "gray":
+        wts = torch.tensor(_GRAY, device=out.device, dtype=out.dtype).view(1, 3, 1, 1)
+        out = (out * wts).sum(dim=1, keepdim=True)
+    m = torch.tensor(list(mean), device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
+    s_ = torch.tensor(list(std), device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
+    return (out - m) / s_
+
+
 def _check_rois(rois: torch.Tensor, batch: int) -> None:
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be [K, 5] (batch_index, x0, y0, x1, y1), got {tuple(rois.shape)}")
@@ -116,13 +136,9 @@ def resample(
     images: float32 [B, 3, H, W] in [0, 1]; rois: float [K, 5] (batch_index, x0, y0, x1, y1)
     in source pixel edge coordinates. Returns float32 [K, 3 or 1, h, w] on the images' device.
     """
-    if mode not in ("rgb", "gray"):
-        raise ValueError(f"mode must be 'rgb' or 'gray', got {mode!r}")
+    _check_mode(mode, mean, std)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-    channels = 3 if mode == "rgb" else 1
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mode {mode!r} needs {channels} mean/std values, got {len(mean)}/{len(std)}")
     _check_rois(rois, images.shape[0])
     oh, ow = int(out_hw[0]), int(out_hw[1])
     _, _, h, w = images.shape
@@ -137,12 +153,7 @@ def resample(
         g = grid[sel].reshape(1, sel.numel() * oh, ow, 2)
         s = F.grid_sample(images[b : b + 1], g, mode="bilinear", padding_mode="zeros", align_corners=False)
         out[sel] = s.reshape(3, sel.numel(), oh, ow).transpose(0, 1)
-    if mode == "gray":
-        wts = torch.tensor(_GRAY, device=out.device, dtype=out.dtype).view(1, 3, 1, 1)
-        out = (out * wts).sum(dim=1, keepdim=True)
-    m = torch.tensor(list(mean), device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
-    s_ = torch.tensor(list(std), device=out.device, dtype=out.dtype).view(1, -1, 1, 1)
-    return (out - m) / s_
+    return _finish(out, mode, mean, std)
 
 
 def roi_resample_reference(
@@ -214,11 +225,7 @@ def roi_resample(
     that grid to RGB (clamped), and blends each 2x2 tap group. Work and memory scale with the
     output, not with the frame, so letterboxing a 1080p frame to 192x192 is cheap.
     """
-    if mode not in ("rgb", "gray"):
-        raise ValueError(f"mode must be 'rgb' or 'gray', got {mode!r}")
-    channels = 3 if mode == "rgb" else 1
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mode {mode!r} needs {channels} mean/std values, got {len(mean)}/{len(std)}")
+    channels = _check_mode(mode, mean, std)
     _check_rois(rois, len(frames))
     oh, ow = int(out_hw[0]), int(out_hw[1])
     dev = frames.device
@@ -256,12 +263,7 @@ def roi_resample(
     wy = torch.stack((wy0, wy1), dim=2)[:, None, :, :, None, None]  # [K, 1, h, 2, 1, 1]
     wx = torch.stack((wx0, wx1), dim=2)[:, None, None, None, :, :]  # [K, 1, 1, 1, w, 2]
     out = (rgb * wy * wx).sum(dim=(3, 5))
-    if mode == "gray":
-        wts = torch.tensor(_GRAY, device=dev, dtype=out.dtype).view(1, 3, 1, 1)
-        out = (out * wts).sum(dim=1, keepdim=True)
-    m = torch.tensor(list(mean), device=dev, dtype=out.dtype).view(1, -1, 1, 1)
-    s_ = torch.tensor(list(std), device=dev, dtype=out.dtype).view(1, -1, 1, 1)
-    return (out - m) / s_
+    return _finish(out, mode, mean, std)
 
 
 def letterbox_rois(num_frames: int, height: int, width: int) -> torch.Tensor:
