@@ -63,7 +63,7 @@ def load_metadata(path: Path) -> dict[str, dict[str, Any]]:
     return table
 
 
-def print_summary(result, models: list[str], quiet: bool = False) -> None:
+def print_summary(result, models: list[str]) -> None:
     """Summary table: per film status, frames, faces and each model's top emotions."""
     from .shards import read_faces
 

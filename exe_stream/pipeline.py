@@ -25,7 +25,7 @@ from .classify import classify_faces
 from .decode import find_videos, get_decoder
 from .detect import DetectorOptions, detect_faces
 from .errors import DecodeError
-from .models import EmotionModel, load_model
+from .models import EmotionModel, load_model, resolve_device
 from .sampling import SamplingOptions
 from .shards import (
     Manifest, done_shards_exist, remove_film_shards, faces_path, faces_table, fingerprint, frames_path,
@@ -96,16 +96,7 @@ class ScanResult:
         return all(f.status in ("done", "skipped") for f in self.films)
 
 
-def resolve_device(device: str) -> torch.device:
-    """The torch device for ``auto|cpu|cuda``; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
-    return torch.device(device)
-
-
-def _resolve_backends(opts: ScanOptions, device: torch.device) -> str:
+def _resolve_backends(opts: ScanOptions) -> str:
     decoder = opts.decoder
     if decoder == "auto":
         decoder = "pyav"
@@ -384,7 +375,7 @@ def _cpu_threads(device: torch.device) -> Iterator[None]:
 
 
 def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end) -> ScanResult:
-    decoder_name = _resolve_backends(opts, device)
+    decoder_name = _resolve_backends(opts)
     get_decoder(decoder_name)  # unknown names fail before any work
     models = [load_model(spec, device) for spec in opts.models]
     key = _options_key(opts, models, decoder_name)

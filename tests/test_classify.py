@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,7 @@ import exe_stream.classify as classify
 from exe_stream.classify import classify_faces, face_rois
 from exe_stream.models import EmotionModel, ModelCard, build_network, load_model, save_model
 from exe_stream.types import FaceBatch, FrameBatch
+from media import clip_frames
 
 CLIP = Path(__file__).parent.parent / "exe_stream" / "assets" / "clips" / "carphone_pristine.mp4"
 LABELS = ("a", "b", "c")
@@ -202,19 +202,7 @@ def test_duplicate_model_ids_and_bad_batch():
 
 
 def _carphone(indices=(0, 60)) -> FrameBatch:
-    ys, us, vs = [], [], []
-    with av.open(str(CLIP)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
-            if i in indices:
-                a = frame.reformat(format="yuv420p").to_ndarray()
-                h, w = frame.height, frame.width
-                ys.append(a[:h])
-                us.append(a[h : h + h // 4].reshape(h // 2, w // 2))
-                vs.append(a[h + h // 4 :].reshape(h // 2, w // 2))
-            if i >= max(indices):
-                break
-    f = _frames(np.stack(ys), np.stack(us), np.stack(vs), full_range=False)
-    return f
+    return clip_frames(CLIP, indices)
 
 
 def test_real_models_on_a_real_face(tmp_path):

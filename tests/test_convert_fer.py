@@ -20,7 +20,6 @@ import json
 import shutil
 from pathlib import Path
 
-import av
 import h5py
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from exe_stream.models import builtin_models_dir, content_hash, load_card, load_
 from exe_stream.models import convert_fer
 from exe_stream.models.card import CropSpec
 from exe_stream.roi import resample
+from media import clip_frames
 from exe_stream.types import FaceBatch, FrameBatch
 
 DATA = Path(__file__).parent / "data"
@@ -59,21 +59,7 @@ FER_SPEC = dict(out_hw=(64, 64), mode="gray", mean=(0.5,), std=(0.5,))
 
 
 def _carphone() -> FrameBatch:
-    ys, us, vs = [], [], []
-    with av.open(str(CLIP)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
-            if i in CLIP_BOXES:
-                a = frame.reformat(format="yuv420p").to_ndarray()
-                h, w = frame.height, frame.width
-                ys.append(a[:h])
-                us.append(a[h : h + h // 4].reshape(h // 2, w // 2))
-                vs.append(a[h + h // 4 :].reshape(h // 2, w // 2))
-    b = len(ys)
-    return FrameBatch(
-        y=torch.from_numpy(np.stack(ys)), u=torch.from_numpy(np.stack(us)), v=torch.from_numpy(np.stack(vs)),
-        frame_index=torch.tensor(sorted(CLIP_BOXES), dtype=torch.int64),
-        pts_seconds=torch.zeros(b, dtype=torch.float64), is_keyframe=torch.zeros(b, dtype=torch.bool),
-    )
+    return clip_frames(CLIP, sorted(CLIP_BOXES))
 
 
 def _face_crops() -> torch.Tensor:

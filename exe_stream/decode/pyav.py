@@ -970,10 +970,16 @@ class PyAVDecoder:
         else:
             stats.fallback, stats.workers = index.fallback, 1
             samples = self._in_output_order(path, index, sampling, stats)
-        try:
+        def pending_batches() -> Iterator[Iterator[FrameBatch]]:
+            # The batches each sample completes, then the last partial batch.
             for s in samples:
+                yield batcher.add(s)
+            yield batcher.flush()
+
+        try:
+            for made in pending_batches():
                 tc = time.perf_counter()
-                batches = list(batcher.add(s))
+                batches = list(made)
                 stats.convert_seconds += time.perf_counter() - tc
                 for b in batches:
                     yielded += len(b)
@@ -981,15 +987,6 @@ class PyAVDecoder:
                     ty = time.perf_counter()
                     yield b
                     outside += time.perf_counter() - ty
-            tc = time.perf_counter()
-            batches = list(batcher.flush())
-            stats.convert_seconds += time.perf_counter() - tc
-            for b in batches:
-                yielded += len(b)
-                stats.frames_sampled = yielded
-                ty = time.perf_counter()
-                yield b
-                outside += time.perf_counter() - ty
         except DecodeError as e:
             raise DecodeError(path, e.reason, yielded) from e
         finally:
