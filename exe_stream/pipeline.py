@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import hashlib
 import json
 import logging
@@ -262,6 +263,9 @@ def _scan_film(
     else:
         # Nothing decoded: no shards, and none left over from an earlier scan of this id.
         remove_film_shards(out, film_id)
+    # The film's last reference cycles (e.g. the probe frame PyAV ties to its side data) go
+    # now, with their decoder buffers, and glibc gives the freed pages back.
+    gc.collect()
     _malloc_trim()
     faces_per_model = {m: sum(len(p) for p in ps) for m, ps in rows.probs.items()}
     result.faces = max(faces_per_model.values(), default=0)
@@ -283,11 +287,9 @@ def _scan_film(
 def _load_malloc_trim() -> Callable[[], None]:
     """glibc's ``malloc_trim(0)`` where it exists, else a no-op.
 
-    While one film decodes, resident memory grows by about one decoded frame (3 MiB at
-    1080p) per sampled frame; when the film's decoder closes, that memory is freed but glibc
-    keeps the pages (measured: 1072 MiB resident after a 10-minute film, 536 MiB after one
-    malloc_trim). Trimming after each film stops a library scan from carrying that over from
-    film to film. The growth within one film is a known open problem (see benchmarks/RESULTS.md).
+    A film's decoders free their frame pools when they close, but glibc keeps the pages;
+    trimming after each film returns them, so a library scan does not carry one film's
+    decoding memory into the next.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

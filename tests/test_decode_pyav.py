@@ -6,6 +6,7 @@ which frame came out, not only its index; exactness is checked against a plain f
 
 from __future__ import annotations
 
+import gc
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -268,6 +269,29 @@ def test_keyframe_mode_real_pts_on_other_films(films, name):
     assert all(pts[i] in keys for i in got["index"])
     assert got["pts"] == [float(pts[i] * tb) for i in got["index"]]
     assert counters(got["y"]) == got["index"]
+
+
+@pytest.mark.parametrize("name, kwargs", [("h264_bframes", {}), ("rotated", {"degrees": 90, "hflip": True})])
+def test_decoded_frames_are_freed_without_the_garbage_collector(films, name, kwargs):
+    # PyAV ties a frame to its side data in a reference cycle; a sampled frame caught in one
+    # keeps its decoder buffer until a full collection, so memory grew with the film's length.
+    path = films.get(name, **kwargs)
+    dec = PyAVDecoder()
+    dec.probe(path)
+    gc.collect()
+    gc.disable()
+    try:
+        got = collect(dec, path, SamplingOptions(every=1))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        cyclic = sum(isinstance(o, av.VideoFrame) for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert len(got["index"]) >= 10
+    # At most the frames probing and indexing decode to learn the geometry, not one per sample.
+    assert cyclic <= 2, f"{cyclic} frames of {len(got['index'])} sampled were left in reference cycles"
 
 
 # Rotation ------------------------------------------------------------------------------

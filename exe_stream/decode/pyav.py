@@ -350,6 +350,19 @@ class _Converter:
     def __init__(self, stream_colorspace: int, stream_range: int) -> None:
         self.colorspace, self.range = stream_colorspace, stream_range
         self.reformatter = VideoReformatter()
+        # Display operations by the frame's rotation in degrees. Reading ``frame.side_data``
+        # makes a reference cycle in PyAV (the frame caches a container that points back at
+        # it), so such a frame and its decoder buffer (3 MiB at 1080p) live until a full
+        # garbage collection: read per frame, that grew memory by one frame per sample.
+        # ``frame.rotation`` reads the same display matrix without the cycle, so the whole
+        # matrix (which also says whether the picture is mirrored) is read once per rotation.
+        self._ops: dict[int, tuple[str, ...]] = {}
+
+    def display_ops(self, frame: av.VideoFrame) -> tuple[str, ...]:
+        rotation = frame.rotation
+        if rotation not in self._ops:
+            self._ops[rotation] = _display_ops(frame)
+        return self._ops[rotation]
 
     def __call__(self, frame: av.VideoFrame, index: int, pts_seconds: float,
                  keyframe: bool) -> _Sample:
@@ -363,7 +376,7 @@ def _sample(frame: av.VideoFrame, index: int, pts_seconds: float, keyframe: bool
     if frame.format.name not in _I420:
         # Chroma subsampling and bit depth only: matrix and range are left as they are.
         src = conv.reformatter.reformat(frame, format="yuv420p")
-    ops = _display_ops(frame)
+    ops = conv.display_ops(frame)
     planes = tuple(_apply_ops(_plane(p), ops) for p in src.planes[:3])
     return _Sample(index, pts_seconds, keyframe, planes, matrix, full, src)
 
