@@ -356,20 +356,22 @@ def scan(
     out = Path(out)
     films = find_videos([Path(p) for p in paths])
     device = resolve_device(opts.device)
-    with _cpu_threads(device):
+    with _cpu_threads(device, opts.sampling.mode):
         return _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end)
 
 
 @contextlib.contextmanager
-def _cpu_threads(device: torch.device) -> Iterator[None]:
-    """On the CPU, decoding (FFmpeg threads) and inference (torch threads) share the cores:
-    give torch half of them for the scan. Measured on 2 cores (5-minute 1080p film): torch's
-    default of one thread per core competing with the decoder made detection 4x slower."""
+def _cpu_threads(device: torch.device, mode: str) -> Iterator[None]:
+    """On the CPU, decoding (FFmpeg threads) and inference (torch threads) share the cores.
+    Exact sampling decodes all the time: torch gets half of the cores (measured on 2 cores,
+    5-minute 1080p film: torch's default of one thread per core competing with the decoder
+    made detection 4x slower). Keyframe sampling decodes little, so torch gets them all."""
     if device.type != "cpu":
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    cores = os.cpu_count() or 2
+    torch.set_num_threads(cores if mode == "keyframe" else max(1, cores // 2))
     try:
         yield
     finally:

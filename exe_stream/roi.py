@@ -66,17 +66,33 @@ def yuv_to_rgb(
 def ycbcr_to_rgb(
     y: torch.Tensor, cb: torch.Tensor, cr: torch.Tensor, matrix: str, full_range: bool, dim: int
 ) -> torch.Tensor:
-    """Float Y, Cb, Cr code values (0..255, same shape) to RGB in [0, 1], stacked along ``dim``."""
+    """Float Y, Cb, Cr code values (0..255, same shape) to RGB in [0, 1], stacked along ``dim``.
+
+    R = Y' + 2(1 - Kr) Pr, G = Y' - (2 Kb (1 - Kb) / Kg) Pb - (2 Kr (1 - Kr) / Kg) Pr,
+    B = Y' + 2(1 - Kb) Pb, with Y' = (Y - 16) / 219 and Pb, Pr = (C - 128) / 224 for limited
+    range, Y' = Y / 255 and Pb, Pr = (C - 128) / 255 for full range; clamped to [0, 1]. The
+    range scaling is folded into one affine map per channel, written straight into the output.
+    """
     kr, kb = _check_matrix(matrix)
     kg = 1.0 - kr - kb
-    if full_range:
-        yn, pb, pr = y / 255.0, (cb - 128.0) / 255.0, (cr - 128.0) / 255.0
-    else:
-        yn, pb, pr = (y - 16.0) / 219.0, (cb - 128.0) / 224.0, (cr - 128.0) / 224.0
-    r = yn + 2.0 * (1.0 - kr) * pr
-    g = yn - (2.0 * kb * (1.0 - kb) / kg) * pb - (2.0 * kr * (1.0 - kr) / kg) * pr
-    bl = yn + 2.0 * (1.0 - kb) * pb
-    return torch.stack((r, g, bl), dim=dim).clamp_(0.0, 1.0)
+    y_off, y_scale, c_scale = (0.0, 255.0, 255.0) if full_range else (16.0, 219.0, 224.0)
+    # Per output channel: (weight of Y, weight of Cb, weight of Cr).
+    weights = (
+        (1.0 / y_scale, 0.0, 2.0 * (1.0 - kr) / c_scale),
+        (1.0 / y_scale, -2.0 * kb * (1.0 - kb) / kg / c_scale, -2.0 * kr * (1.0 - kr) / kg / c_scale),
+        (1.0 / y_scale, 2.0 * (1.0 - kb) / c_scale, 0.0),
+    )
+    d = dim % (y.ndim + 1)
+    out = torch.empty((*y.shape[:d], 3, *y.shape[d:]), device=y.device, dtype=y.dtype)
+    for c, (wy, wb, wr) in enumerate(weights):
+        o = out.select(d, c)
+        torch.mul(y, wy, out=o)
+        o.add_(-(wy * y_off + (wb + wr) * 128.0))
+        if wb:
+            o.add_(cb, alpha=wb)
+        if wr:
+            o.add_(cr, alpha=wr)
+    return out.clamp_(0.0, 1.0)
 
 
 def _check_mode(mode: str, mean: Sequence[float], std: Sequence[float]) -> int:
@@ -248,21 +264,23 @@ def roi_resample(
     cols = torch.stack((c0, c1), dim=2).reshape(k, 2 * ow)
     cr0, cr1, lr0, lr1 = _chroma_taps(rows, ch)
     cc0, cc1, lc0, lc1 = _chroma_taps(cols, cw)
-    lum = torch.empty((k, 2 * oh, 2 * ow), device=dev, dtype=torch.float32)
-    cb = torch.empty_like(lum)
-    cr = torch.empty_like(lum)
-    # Separable gathers per ROI: whole rows first (contiguous copies), then columns.
+    lum = torch.empty((k, 2 * oh, 2 * ow), device=dev, dtype=torch.uint8)
+    cb = torch.empty((k, 2 * oh, 2 * ow), device=dev, dtype=torch.float32)
+    cr = torch.empty_like(cb)
+    # Per ROI, one flat gather per plane of exactly the samples needed (as uint8).
     for i, f in enumerate(b.flatten().tolist()):
-        lum[i] = frames.y[f].index_select(0, rows[i]).index_select(1, cols[i])
+        lum[i] = frames.y[f].reshape(-1).take(rows[i, :, None] * w + cols[i, None, :])
+        crows, ccols = torch.cat((cr0[i], cr1[i])), torch.cat((cc0[i], cc1[i]))
+        flat = crows[:, None] * cw + ccols[None, :]
         for plane, dst in ((frames.u[f], cb), (frames.v[f], cr)):
-            up = (plane.index_select(0, cr0[i]).to(torch.float32) * lr0[i, :, None]
-                  + plane.index_select(0, cr1[i]).to(torch.float32) * lr1[i, :, None])
-            dst[i] = up.index_select(1, cc0[i]) * lc0[i] + up.index_select(1, cc1[i]) * lc1[i]
-    rgb = ycbcr_to_rgb(lum, cb, cr, frames.matrix, frames.full_range, dim=1)  # [K, 3, 2h, 2w]
-    rgb = rgb.reshape(k, 3, oh, 2, ow, 2)
-    wy = torch.stack((wy0, wy1), dim=2)[:, None, :, :, None, None]  # [K, 1, h, 2, 1, 1]
-    wx = torch.stack((wx0, wx1), dim=2)[:, None, None, None, :, :]  # [K, 1, 1, 1, w, 2]
-    out = (rgb * wy * wx).sum(dim=(3, 5))
+            # The four chroma neighbours of each luma tap, then their upsampling blend.
+            g = plane.reshape(-1).take(flat).to(torch.float32)
+            up = g[: 2 * oh] * lr0[i, :, None] + g[2 * oh :] * lr1[i, :, None]
+            dst[i] = up[:, : 2 * ow] * lc0[i] + up[:, 2 * ow :] * lc1[i]
+    rgb = ycbcr_to_rgb(lum.to(torch.float32), cb, cr, frames.matrix, frames.full_range, dim=1)  # [K, 3, 2h, 2w]
+    # Bilinear blend of each 2x2 tap group, separably: rows, then columns.
+    rgb = rgb[:, :, 0::2] * wy0[:, None, :, None] + rgb[:, :, 1::2] * wy1[:, None, :, None]  # [K, 3, h, 2w]
+    out = rgb[..., 0::2] * wx0[:, None, None, :] + rgb[..., 1::2] * wx1[:, None, None, :]  # [K, 3, h, w]
     return _finish(out, mode, mean, std)
 
 
