@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -175,6 +176,155 @@ def scan_cmd(
     if not quiet:
         print_summary(result, list(opts.models))
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _resolve_models(out: Path, a: Optional[str], b: Optional[str]) -> tuple[str, str]:
+    """--a/--b, defaulting to the scan's two models when it holds exactly two."""
+    from .stats import available_models
+
+    if a and b:
+        return a, b
+    avail = available_models(out)
+    if len(avail) == 2:
+        if a is None and b is None:
+            return avail[0], avail[1]
+        given = a or b
+        if given in avail:
+            other = avail[1] if given == avail[0] else avail[0]
+            return (given, other) if a else (other, given)
+    listing = ", ".join(avail) if avail else "none"
+    raise ValueError(f"give both --a and --b (the scan {out} holds {len(avail)} models: {listing})")
+
+
+def _fmt(v: float, spec: str = ".3f") -> str:
+    return "-" if v is None or v != v else format(v, spec)
+
+
+def _fmt_p(p: float) -> str:
+    return "-" if p != p else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _marker(p: float) -> str:
+    return "" if p != p else "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+def print_stats(result) -> None:
+    """Terminal table of a ``stats.StatsResult``: one row per (group, emotion), then the
+    dominant-emotion counts and the notes."""
+    o = result.options
+    by = bool(o.by)
+    title = (f"{result.a} (A) vs {result.b} (B): {o.measure} per {o.per}, "
+             f"{len(result.film_ids)} paired films")
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  caption=f"diff = A - B, 95% CI by bootstrap; p of the paired t and Wilcoxon tests adjusted "
+                  f"across emotions ({o.correction}); * < 0.05, ** < 0.01, *** < 0.001 on p_t adj")
+    cols = (["group"] if by else []) + ["emotion", "n", "mean A", "mean B", "diff", "95% CI",
+                                         "t", "p_t adj", "W", "p_w adj", "d_z", ""]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("group", "emotion", "") else "right", no_wrap=True)
+    for r in result.records:
+        row = ([escape(r["group"])] if by else []) + [
+            escape(r["emotion"]), str(r["n_films"]), _fmt(r["mean_a"]), _fmt(r["mean_b"]),
+            _fmt(r["mean_diff"], "+.3f"), f"{_fmt(r['ci_low'], '+.3f')},{_fmt(r['ci_high'], '+.3f')}",
+            _fmt(r["t"], ".2f"), _fmt_p(r["p_t_adj"]), _fmt(r["w"], "g"), _fmt_p(r["p_w_adj"]),
+            _fmt(r["d_z"], ".2f"), _marker(r["p_t_adj"]),
+        ]
+        table.add_row(*row)
+    # Wider than a pipe's default 80 columns: the table is about 100 wide.
+    Console(width=max(out_console.width, 110), highlight=False).print(table)
+    for side, model, counts in (("A", result.a, result.dominant_a), ("B", result.b, result.dominant_b)):
+        top = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v)
+        out_console.print(escape(f"dominant emotion per film, {side} ({model}): {top or 'none'}"))
+    for note in result.notes:
+        out_console.print(f"[yellow]note:[/] {escape(note)}")
+
+
+@app.command("stats")
+def stats_cmd(
+    out: Path = typer.Argument(..., help="A scan's output directory."),
+    a: Optional[str] = typer.Option(None, "--a", help="Model A (default: the first of the scan's two models)."),
+    b: Optional[str] = typer.Option(None, "--b", help="Model B (default: the second of the scan's two models)."),
+    measure: str = typer.Option("label", "--measure", help="label (share of faces with that top label) | prob (mean probability)"),
+    per: str = typer.Option("faces", "--per", help="faces | frames: the denominator of each film's measure."),
+    min_confidence: float = typer.Option(0.0, "--min-confidence", help="Drop faces whose top-class probability is below this."),
+    min_face_area: float = typer.Option(0.0, "--min-face-area", help="Drop faces whose box covers less than this fraction of the frame."),
+    largest_only: bool = typer.Option(False, "--largest-only", help="Count only the largest face of each frame."),
+    correction: str = typer.Option("holm", "--correction", help="holm | bh: p-value correction across emotions."),
+    bootstrap: int = typer.Option(10000, "--bootstrap", help="Bootstrap resamples for the 95% interval (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    by: Optional[str] = typer.Option(None, "--by", help="Also compare within each group of this metadata column (e.g. genre)."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="film_id/title/genre CSV or JSON (adds to the scan's)."),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json | arrow"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write csv/json/arrow here instead of stdout (with table: the JSON too)."),
+) -> None:
+    """Compare two models film by film: paired t and Wilcoxon tests per emotion."""
+    from .shards import write_table
+    from .stats import StatsOptions, stats
+
+    formats = ("table", "csv", "json", "arrow")
+    try:
+        if fmt not in formats:
+            raise ValueError(f"format must be one of {', '.join(formats)}; got {fmt!r}")
+        if fmt == "arrow" and output is None:
+            raise ValueError("--format arrow needs -o FILE")
+        if not out.is_dir():
+            raise ValueError(f"scan output directory {out} does not exist")
+        opts = StatsOptions(measure=measure, per=per, min_confidence=min_confidence,
+                            min_face_area=min_face_area, largest_only=largest_only,
+                            correction=correction, n_boot=bootstrap, seed=seed, by=by)
+        meta = load_metadata(metadata) if metadata else None
+        model_a, model_b = _resolve_models(out, a, b)
+        result = stats(out, model_a, model_b, opts, metadata=meta)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(str(e))
+        return
+    if fmt == "table":
+        print_stats(result)
+        if output is not None:
+            result.to_json(output)
+    elif fmt == "arrow":
+        write_table(output, result.to_arrow())
+    else:
+        text = result.to_json() if fmt == "json" else result.to_csv()
+        if output is not None:
+            output.write_text(text if text.endswith("\n") else text + "\n")
+        else:
+            typer.echo(text, nl=not text.endswith("\n"))
+
+
+@app.command("report")
+def report_cmd(
+    out: Path = typer.Argument(..., help="A scan's output directory."),
+    out_dir: Optional[Path] = typer.Option(None, "-o", "--out", help="Where the PNGs and report.html go (default OUT/report)."),
+    a: Optional[str] = typer.Option(None, "--a", help="Model A (default: the scan's models when it holds one or two)."),
+    b: Optional[str] = typer.Option(None, "--b", help="Model B (leave out, with one model in the scan, for a one-model report)."),
+    measure: str = typer.Option("label", "--measure", help="label (share of faces with that top label) | prob (mean probability)"),
+    per: str = typer.Option("faces", "--per", help="faces | frames: the denominator of each film's measure."),
+    min_confidence: float = typer.Option(0.0, "--min-confidence", help="Drop faces whose top-class probability is below this."),
+    min_face_area: float = typer.Option(0.0, "--min-face-area", help="Drop faces whose box covers less than this fraction of the frame."),
+    largest_only: bool = typer.Option(False, "--largest-only", help="Count only the largest face of each frame."),
+    correction: str = typer.Option("holm", "--correction", help="holm | bh: p-value correction across emotions."),
+    bootstrap: int = typer.Option(10000, "--bootstrap", help="Bootstrap resamples for the 95% interval (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    by: Optional[str] = typer.Option(None, "--by", help="Also compare within each group of this metadata column (e.g. genre)."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="film_id/title/genre CSV or JSON (adds to the scan's)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Sampled frames per rolling window in the timelines (default: about 1/25 of each film)."),
+) -> None:
+    """Plots (PNG) and one self-contained HTML page: shares, timelines, face sizes, model differences."""
+    from .report import report
+    from .stats import StatsOptions
+
+    try:
+        opts = StatsOptions(measure=measure, per=per, min_confidence=min_confidence,
+                            min_face_area=min_face_area, largest_only=largest_only,
+                            correction=correction, n_boot=bootstrap, seed=seed, by=by)
+        meta = load_metadata(metadata) if metadata else None
+        result = report(out, out_dir, a=a, b=b, opts=opts, metadata=meta, window=window)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(str(e))
+        return
+    out_console.print(f"report: {result.html}", soft_wrap=True)
+    out_console.print(f"plots:  {len(result.plots)} PNG files in {result.out_dir}", soft_wrap=True)
 
 
 @models_app.command("list")

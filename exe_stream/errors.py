@@ -23,3 +23,7 @@ class DecodeError(ExeStreamError):
 
 class ModelError(ExeStreamError):
     """A model name, directory or card is invalid."""
+
+
+class StatsError(ExeStreamError):
+    """A comparison cannot be made: unknown model, no shared classes, no paired films, ..."""

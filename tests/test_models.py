@@ -188,8 +188,20 @@ def test_architectures_give_logits_per_label(arch, colour):
     assert out.shape == (2, 3)
 
 
+@pytest.mark.parametrize("colour", ["gray", "rgb"])
+def test_facex_architecture_takes_200px_crops(colour):
+    # A flatten + dense head: the input size is fixed at 200 x 200.
+    c = 3 if colour == "rgb" else 1
+    card = _card(architecture="facex_mobilenet_v2", colour=colour, input_size=(200, 200), mean=(0.0,) * c, std=(1.0,) * c)
+    net = build_network(card).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, c, 200, 200)).shape == (2, 3)
+    with pytest.raises(ValueError, match=rf"expects float32 \[K, {c}, 200, 200\], got \(2, {c}, 32, 32\)"):
+        net(torch.rand(2, c, 32, 32))
+
+
 def test_every_architecture_is_tested():
-    tested = {"mini_xception", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v2"}
+    tested = {"mini_xception", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v2", "facex_mobilenet_v2"}
     assert set(ARCHITECTURES) == tested
 
 

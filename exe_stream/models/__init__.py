@@ -36,6 +36,7 @@ from .card import (
     refuse_pickle,
     save_model,
 )
+from .facex_mobilenet import FacexMobileNetV2
 from .mini_xception import MiniXception
 from .resnet import TORCHVISION_ARCHITECTURES, build_torchvision
 
@@ -60,6 +61,7 @@ ENSEMBLE_PREFIX = "ens:"
 # float32 [K, in_channels, H, W] to logits [K, num_classes].
 ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "mini_xception": lambda n, c: MiniXception(num_classes=n, in_channels=c),
+    "facex_mobilenet_v2": lambda n, c: FacexMobileNetV2(num_classes=n, in_channels=c),
     **{
         name: (lambda n, c, _name=name: build_torchvision(_name, n, c))
         for name in TORCHVISION_ARCHITECTURES
