@@ -28,6 +28,11 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Emotion models: list the built-in ones.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(
+    help="Training data: pull stock photos by emotion keywords, extract faces, clean.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
 out_console = Console()
@@ -346,10 +351,15 @@ def demo_cmd(
     out: Path = typer.Option(Path("exe-stream-demo"), "-o", "--out", help="Where the demo writes its outputs."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
-    """Scan the bundled sample clips with the bundled models and show what came out."""
+    """Scan the bundled sample clips with both built-in models, compare the models film by
+    film and write the report."""
     from .demo import demo
 
-    result = demo(out, quiet=quiet, run=run_scan, summary=print_summary)
+    try:
+        result = demo(out, quiet=quiet, run=run_scan, summary=print_summary, show_stats=print_stats)
+    except (ExeStreamError, ValueError, OSError) as e:
+        console.print(f"[red]error:[/] {escape(str(e))}")
+        raise typer.Exit(1) from e
     raise typer.Exit(0 if result.ok else 1)
 
 

@@ -607,8 +607,10 @@ class StatsResult:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """The ``summary()`` as JSON text (NaN/inf as null); also written to ``path`` if given."""
-        text = json.dumps(self.summary(), indent=2)
+        """The records as JSON text: a list of objects with exactly ``RECORD_FIELDS`` (NaN/inf
+        as null); also written to ``path`` if given. ``summary()`` has the rest (options,
+        notes, dominant counts)."""
+        text = json.dumps(self.summary()["records"], indent=2)
         if path is not None:
             Path(path).write_text(text + "\n")
         return text

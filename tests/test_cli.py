@@ -98,4 +98,17 @@ def test_demo_scans_the_bundled_clips(tmp_path):
     assert {v["status"] for v in manifest["films"].values()} == {"done"}
     assert set(manifest["films"]) == {"bigbuckbunny", "bikes", "carphone_pristine"}
     assert manifest["films"]["carphone_pristine"]["faces"] >= 11
+    assert manifest["films"]["bigbuckbunny"]["metadata"]["genre"] == "animation"
     assert str(out / "manifest.json") in r.output
+    # Both built-in models classified the same faces.
+    for model in ("fer2013-minixception", "facex"):
+        assert (out / "faces" / "film_id=carphone_pristine" / f"model_id={model}" / "part-0.arrow").exists()
+    # The comparison: the terminal table and stats.json (records of the two films with faces).
+    assert "fer2013-minixception (A) vs facex (B)" in r.output
+    records = json.loads((out / "stats.json").read_text())
+    assert {rec["emotion"] for rec in records} == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert all(rec["n_films"] == 2 for rec in records)
+    # The report embeds its plots and names the clips by their titles.
+    html = (out / "report" / "report.html").read_text()
+    assert str(out / "report" / "report.html") in r.output
+    assert "Carphone (talking head)" in html and html.count("data:image/png;base64,") >= 4
