@@ -351,8 +351,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("exe-stream-demo"), "-o", "--out", help="Where the demo writes its outputs."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
-    """Scan the bundled sample clips with both built-in models, compare the models film by
-    film and write the report."""
+    """Scan the bundled clips with both built-in models, compare them, write the report."""
     from .demo import demo
 
     try:
