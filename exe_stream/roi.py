@@ -221,6 +221,49 @@ def _chroma_taps(luma: torch.Tensor, csize: int) -> tuple[torch.Tensor, torch.Te
     return c0, c1, 1.0 - lam, lam
 
 
+def _inside_span(centre: torch.Tensor, size: int) -> tuple[int, int]:
+    """[lo, hi): the outputs along one axis (sample positions [K, n] in pixel-centre units)
+    with a tap inside the image in at least one ROI; outside it every tap weight is zero."""
+    touching = ((centre > -1.0) & (centre < size)).any(dim=0)
+    idx = torch.nonzero(touching).flatten()
+    if idx.numel() == 0:
+        return 0, 0
+    return int(idx[0]), int(idx[-1]) + 1
+
+
+def _sample_rgb(frames: FrameBatch, b: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Bilinear RGB samples [K, 3, h, w] at positions xs [K, w], ys [K, h] (pixel-centre units)
+    of frame rows b [K]: each tap converted to RGB and clamped, then blended."""
+    dev = frames.device
+    h, w = frames.height, frames.width
+    ch, cw = frames.u.shape[1], frames.u.shape[2]
+    k, oh, ow = xs.shape[0], ys.shape[1], xs.shape[1]
+    c0, c1, wx0, wx1 = _taps(xs, w)
+    r0, r1, wy0, wy1 = _taps(ys, h)
+    # The tap grid: rows (r0_0, r1_0, r0_1, r1_1, ...) x columns likewise -> [K, 2h, 2w].
+    rows = torch.stack((r0, r1), dim=2).reshape(k, 2 * oh)
+    cols = torch.stack((c0, c1), dim=2).reshape(k, 2 * ow)
+    cr0, cr1, lr0, lr1 = _chroma_taps(rows, ch)
+    cc0, cc1, lc0, lc1 = _chroma_taps(cols, cw)
+    lum = torch.empty((k, 2 * oh, 2 * ow), device=dev, dtype=torch.uint8)
+    cb = torch.empty((k, 2 * oh, 2 * ow), device=dev, dtype=torch.float32)
+    cr = torch.empty_like(cb)
+    # Per ROI, one flat gather per plane of exactly the samples needed (as uint8).
+    for i, f in enumerate(b.flatten().tolist()):
+        lum[i] = frames.y[f].reshape(-1).take(rows[i, :, None] * w + cols[i, None, :])
+        crows, ccols = torch.cat((cr0[i], cr1[i])), torch.cat((cc0[i], cc1[i]))
+        flat = crows[:, None] * cw + ccols[None, :]
+        for plane, dst in ((frames.u[f], cb), (frames.v[f], cr)):
+            # The four chroma neighbours of each luma tap, then their upsampling blend.
+            g = plane.reshape(-1).take(flat).to(torch.float32)
+            up = g[: 2 * oh] * lr0[i, :, None] + g[2 * oh :] * lr1[i, :, None]
+            dst[i] = up[:, : 2 * ow] * lc0[i] + up[:, 2 * ow :] * lc1[i]
+    rgb = ycbcr_to_rgb(lum.to(torch.float32), cb, cr, frames.matrix, frames.full_range, dim=1)  # [K, 3, 2h, 2w]
+    # Bilinear blend of each 2x2 tap group, separably: rows, then columns.
+    rgb = rgb[:, :, 0::2] * wy0[:, None, :, None] + rgb[:, :, 1::2] * wy1[:, None, :, None]  # [K, 3, h, 2w]
+    return rgb[..., 0::2] * wx0[:, None, None, :] + rgb[..., 1::2] * wx1[:, None, None, :]  # [K, 3, h, w]
+
+
 def roi_resample(
     frames: FrameBatch,
     rois: torch.Tensor,
@@ -250,37 +293,19 @@ def roi_resample(
     _check_matrix(frames.matrix)
     rois = rois.to(device=dev, dtype=torch.float32)
     h, w = frames.height, frames.width
-    ch, cw = frames.u.shape[1], frames.u.shape[2]
     k = rois.shape[0]
     b = rois[:, 0].long()
     x0, y0, x1, y1 = (rois[:, i : i + 1] for i in range(1, 5))
     # Sample positions in pixel-centre units (pixel j's centre is j).
     xs = x0 + (torch.arange(ow, device=dev, dtype=torch.float32) + 0.5) / ow * (x1 - x0) - 0.5  # [K, w]
     ys = y0 + (torch.arange(oh, device=dev, dtype=torch.float32) + 0.5) / oh * (y1 - y0) - 0.5  # [K, h]
-    c0, c1, wx0, wx1 = _taps(xs, w)
-    r0, r1, wy0, wy1 = _taps(ys, h)
-    # The tap grid: rows (r0_0, r1_0, r0_1, r1_1, ...) x columns likewise -> [K, 2h, 2w].
-    rows = torch.stack((r0, r1), dim=2).reshape(k, 2 * oh)
-    cols = torch.stack((c0, c1), dim=2).reshape(k, 2 * ow)
-    cr0, cr1, lr0, lr1 = _chroma_taps(rows, ch)
-    cc0, cc1, lc0, lc1 = _chroma_taps(cols, cw)
-    lum = torch.empty((k, 2 * oh, 2 * ow), device=dev, dtype=torch.uint8)
-    cb = torch.empty((k, 2 * oh, 2 * ow), device=dev, dtype=torch.float32)
-    cr = torch.empty_like(cb)
-    # Per ROI, one flat gather per plane of exactly the samples needed (as uint8).
-    for i, f in enumerate(b.flatten().tolist()):
-        lum[i] = frames.y[f].reshape(-1).take(rows[i, :, None] * w + cols[i, None, :])
-        crows, ccols = torch.cat((cr0[i], cr1[i])), torch.cat((cc0[i], cc1[i]))
-        flat = crows[:, None] * cw + ccols[None, :]
-        for plane, dst in ((frames.u[f], cb), (frames.v[f], cr)):
-            # The four chroma neighbours of each luma tap, then their upsampling blend.
-            g = plane.reshape(-1).take(flat).to(torch.float32)
-            up = g[: 2 * oh] * lr0[i, :, None] + g[2 * oh :] * lr1[i, :, None]
-            dst[i] = up[:, : 2 * ow] * lc0[i] + up[:, 2 * ow :] * lc1[i]
-    rgb = ycbcr_to_rgb(lum.to(torch.float32), cb, cr, frames.matrix, frames.full_range, dim=1)  # [K, 3, 2h, 2w]
-    # Bilinear blend of each 2x2 tap group, separably: rows, then columns.
-    rgb = rgb[:, :, 0::2] * wy0[:, None, :, None] + rgb[:, :, 1::2] * wy1[:, None, :, None]  # [K, 3, h, 2w]
-    out = rgb[..., 0::2] * wx0[:, None, None, :] + rgb[..., 1::2] * wx1[:, None, None, :]  # [K, 3, h, w]
+    # Output rows/columns whose taps all fall outside the frame (e.g. the letterbox's padding)
+    # are zeros: only the span that touches the frame in some ROI is computed.
+    r_lo, r_hi = _inside_span(ys, h)
+    c_lo, c_hi = _inside_span(xs, w)
+    out = torch.zeros((k, 3, oh, ow), device=dev, dtype=torch.float32)
+    if r_lo < r_hi and c_lo < c_hi:
+        out[:, :, r_lo:r_hi, c_lo:c_hi] = _sample_rgb(frames, b, xs[:, c_lo:c_hi], ys[:, r_lo:r_hi])
     return _finish(out, mode, mean, std)
 
 

@@ -225,3 +225,30 @@ def test_gathering_roi_resample_on_a_large_frame_matches_reference_letterbox():
     torch.testing.assert_close(roi_resample(frames, rois, (64, 64), mean=(0.5,) * 3, std=(0.5,) * 3),
                                roi_resample_reference(frames, rois, (64, 64), mean=(0.5,) * 3, std=(0.5,) * 3),
                                atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("h, w", [(270, 480), (480, 270)])  # landscape and portrait letterbox
+def test_rows_and_columns_outside_every_roi_are_zero_and_the_rest_matches(h, w):
+    # Only the span of outputs touching the frame in some ROI is sampled; the rest is zeros.
+    from exe_stream.roi import roi_resample_reference
+
+    rng = np.random.default_rng(h)
+    y = rng.integers(0, 256, (2, h, w), dtype=np.uint8)
+    u = rng.integers(0, 256, (2, (h + 1) // 2, (w + 1) // 2), dtype=np.uint8)
+    v = rng.integers(0, 256, (2, (h + 1) // 2, (w + 1) // 2), dtype=np.uint8)
+    frames = _frames(y, u, v, "bt601", False)
+    rois = torch.cat([
+        letterbox_rois(2, h, w),
+        torch.tensor([[0.0, -3.0 * w, -2.0 * h, -w, -h],             # wholly outside
+                      [1.0, w - 1.5, h - 1.5, w + 40.0, h + 40.0]]),  # one pixel inside
+    ])
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    fast = roi_resample(frames, rois, (48, 40), "rgb", mean, std)
+    # Float rounding only (std 0.5 doubles it); the spec's tolerance is 1/255.
+    torch.testing.assert_close(fast, roi_resample_reference(frames, rois, (48, 40), "rgb", mean, std),
+                               atol=1e-4, rtol=1e-4)
+    assert torch.all(fast[2] == -1.0)  # zeros, normalised
+    side = max(h, w)
+    pad = (side - min(h, w)) // 2 * 48 // side  # letterbox padding in output pixels, rounded down
+    band = fast[0, :, : pad - 1] if h < w else fast[0, :, :, : pad - 1]
+    assert pad > 2 and torch.all(band == -1.0)
