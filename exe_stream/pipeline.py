@@ -362,16 +362,17 @@ def scan(
 
 @contextlib.contextmanager
 def _cpu_threads(device: torch.device, mode: str) -> Iterator[None]:
-    """On the CPU, decoding (FFmpeg threads) and inference (torch threads) share the cores.
-    Exact sampling decodes all the time: torch gets half of the cores (measured on 2 cores,
-    5-minute 1080p film: torch's default of one thread per core competing with the decoder
-    made detection 4x slower). Keyframe sampling decodes little, so torch gets them all."""
+    """On the CPU, decoding (FFmpeg threads) and inference (torch threads) share the cores:
+    give torch half of them for the scan. Measured on 2 cores (5-minute 1080p film): torch's
+    default of one thread per core competing with the decoder made detection 4x slower in
+    exact sampling; in keyframe sampling (little decoding) two torch threads were not faster
+    than one either when anything else ran on the machine (10-minute film: 3.6-4.6 s with one,
+    4.2-6.1 s with two). ``mode`` is the sampling mode, kept for tuning per mode."""
     if device.type != "cpu":
         yield
         return
     before = torch.get_num_threads()
-    cores = os.cpu_count() or 2
-    torch.set_num_threads(cores if mode == "keyframe" else max(1, cores // 2))
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     try:
         yield
     finally:
