@@ -8,10 +8,12 @@ forward pass per chunk of at most ``max_batch`` faces.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
 
+from .embeddings import capture_embeddings
 from .models import CropSpec, EmotionModel
 from .roi import roi_resample
 from .types import FaceBatch, FrameBatch
@@ -62,12 +64,15 @@ def classify_faces(
     faces: FaceBatch,
     models: Sequence[EmotionModel],
     max_batch: int = MAX_BATCH,
+    embeddings: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Emotion probabilities of every face under every model.
 
     frames: the FrameBatch the faces were found in (any device); faces: FaceBatch (CPU).
     Returns model_id -> float32 [N, len(model.labels)] on the CPU, row i for face i, rows
     summing to 1. Models with the same crop spec share one crop tensor per chunk.
+    embeddings: when a dict is given, it is filled with model_id -> float32 [N, D] (CPU), each
+    face's penultimate-layer embedding from the same forward pass (``exe_stream.embeddings``).
     """
     ids = [m.model_id for m in models]
     if len(set(ids)) != len(ids):
@@ -78,11 +83,17 @@ def classify_faces(
     # Distinct crop specs over all models and ensemble members, in first-use order.
     specs = list(dict.fromkeys(s for m in models for s in m.crop_specs))
     out: dict[str, list[torch.Tensor]] = {m.model_id: [] for m in models}
+    emb: dict[str, list[torch.Tensor]] = {m.model_id: [] for m in models}
     for start in range(0, n, max_batch):
         chunk = _rows(faces, slice(start, start + max_batch))
         crops = {s: make_crops(frames, chunk, s) for s in specs}
         for m in models:
-            out[m.model_id].append(m.predict([crops[s] for s in m.crop_specs]).cpu())
+            with capture_embeddings(m) if embeddings is not None else contextlib.nullcontext() as cap:
+                out[m.model_id].append(m.predict([crops[s] for s in m.crop_specs]).cpu())
+            if cap is not None:
+                emb[m.model_id].append(cap.result())
+    if embeddings is not None:
+        embeddings.update({k: torch.cat(v) if v else torch.zeros((0, 0)) for k, v in emb.items()})
     return {
         m.model_id: torch.cat(out[m.model_id]) if out[m.model_id] else torch.zeros((0, len(m.labels)))
         for m in models

@@ -113,22 +113,25 @@ def run_scan(paths: list[Path], out: Path, opts, metadata=None, quiet: bool = Fa
         console=console, transient=True,
     ) as progress:
         overall = progress.add_task("films", total=None)
-        film_task = progress.add_task("", total=None)
+        film_tasks: dict = {}  # film id -> its bar (several with --films-at-once)
 
         def start(film_id, path, i):
-            progress.update(overall, completed=i)
-            progress.reset(film_task, description=f"  {film_id}", total=None)
+            film_tasks[film_id] = progress.add_task(f"  {film_id}", total=None)
 
-        def frames(done, total):
-            progress.update(film_task, completed=done, total=total)
+        def frames(film_id, done, total):
+            progress.update(film_tasks[film_id], completed=done, total=total)
 
         def end(res):
+            task = film_tasks.pop(res.film_id, None)
+            if task is not None:
+                progress.remove_task(task)
             progress.advance(overall)
 
         from .decode import find_videos
 
         progress.update(overall, total=len(find_videos(paths)))
-        return scan(paths, out, opts, metadata=metadata, on_film_start=start, on_frames=frames, on_film_end=end)
+        return scan(paths, out, opts, metadata=metadata, on_film_start=start, on_film_end=end,
+                    on_film_frames=frames)
 
 
 @app.command("scan")
@@ -145,12 +148,18 @@ def scan_cmd(
     decoder: str = typer.Option("auto", "--decoder", help="auto | pyav | nvdec | dali"),
     detector: str = typer.Option("blazeface-full", "--detector", help="blazeface-full | blazeface-short"),
     engine: str = typer.Option("auto", "--engine", help="auto | torch | onnxruntime | tensorrt"),
+    engine_profile: str = typer.Option(
+        "default", "--engine-profile", help="Engine build profile: a name in engines/ or a .toml file."),
     min_face_score: Optional[float] = typer.Option(
         None, "--min-face-score", help="Detector score threshold (default: the model's MediaPipe one, 0.6 full / 0.5 short)."),
     max_faces: int = typer.Option(0, "--max-faces", help="Keep at most N faces per frame, largest first (0 = all)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sampled frames per batch."),
+    films_at_once: int = typer.Option(
+        0, "--films-at-once", help="Films decoded at once (0 = one per NVDEC engine with --decoder nvdec on CUDA, else 1)."),
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="film_id/title/genre CSV or JSON."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip films already scanned identically."),
+    embeddings: bool = typer.Option(
+        False, "--embeddings", help="Also store each face's penultimate-layer embedding per model (OUT/embeddings/, for cluster)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or summary."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log details (tracebacks of failed films)."),
 ) -> None:
@@ -167,7 +176,9 @@ def scan_cmd(
             if (every is not None or interval is not None) else SamplingOptions(mode=sampling)
         det = DetectorOptions(name=detector, min_score=min_face_score, max_faces=max_faces)
         opts = ScanOptions(sampling=s, detector=det, models=tuple(model), device=device,
-                           decoder=decoder, engine=engine, batch_size=batch_size, resume=resume)
+                           decoder=decoder, engine=engine, batch_size=batch_size, resume=resume,
+                           engine_profile=engine_profile, embeddings=embeddings,
+                           films_at_once=films_at_once)
         meta = load_metadata(metadata) if metadata else None
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
@@ -346,6 +357,26 @@ def models_list() -> None:
     out_console.print(table)
 
 
+@models_app.command("export")
+def models_export(
+    model: List[str] = typer.Argument(..., help="Model names or directories; an ensemble exports each member."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16"),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or later)."),
+    out: Optional[Path] = typer.Option(
+        None, "-o", "--out", help="Directory for the .onnx files (default: the engine cache, see README)."),
+) -> None:
+    """Export models to ONNX with a dynamic batch axis (what the onnxruntime and tensorrt engines run)."""
+    from .engines.onnx_export import export_models
+
+    try:
+        results = export_models(model, precision=precision, opset=opset, cache=out)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(str(e))
+        return
+    for name, exp in results:
+        out_console.print(escape(f"{name}: {exp.path} ({'exported' if exp.exported else 'cached'})"), soft_wrap=True)
+
+
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("exe-stream-demo"), "-o", "--out", help="Where the demo writes its outputs."),
@@ -360,6 +391,382 @@ def demo_cmd(
         console.print(f"[red]error:[/] {escape(str(e))}")
         raise typer.Exit(1) from e
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _stage_data_dir(recipe: Optional[Path], data: Optional[Path]):
+    """(Recipe or None, data directory) from an optional recipe file and --data."""
+    from .data.recipe import load_recipe
+
+    if recipe is None:
+        if data is None:
+            raise ValueError("give a recipe (its data_dir) or --data DIR")
+        return None, data
+    r = load_recipe(recipe)
+    return r, r.data_dir(data)
+
+
+def _stage_progress(quiet: bool, label: str):
+    """(context manager, on_progress callback) showing a progress bar unless quiet."""
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext(), None
+    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True)
+    task = progress.add_task(label, total=None)
+    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _pull_logging(quiet: bool, verbose: bool):
+    """Show the pull's warnings (pauses, retries, skipped images) above the progress bar; -v adds
+    the info lines (why each keyword stopped). Returns the handler to remove afterwards."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("exe_stream.data")
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > handler.level:
+        logger.setLevel(handler.level)
+    return handler
+
+
+def print_pull(result, opts, verbose: bool) -> None:
+    """Images per emotion before/after, requests, downloads, duplicates, stopped keywords, errors."""
+    import os
+
+    from .data.sources import get_source
+
+    table = Table(title=escape(f"exe-stream data pull -> {result.data_dir}"), box=box.SIMPLE_HEAD)
+    for col in ("emotion", "images before", "after", "new"):
+        table.add_column(col, justify="left" if col == "emotion" else "right")
+    for label, (before, after) in result.per_label.items():
+        table.add_row(escape(label), str(before), str(after), str(after - before))
+    out_console.print(table)
+    if result.dry_run:
+        left = [s for s in result.streams if not s.stop]
+        out_console.print(escape(f"dry run: {len(left)} of {len(result.streams)} keyword/source searches have pages "
+                                 f"left (at most {opts.max_pages} pages of {opts.per_page} each); nothing was fetched"))
+        for s in result.streams:
+            state = f"stopped: {s.stop}" if s.stop else f"next page {s.next_page}"
+            out_console.print(escape(f"  {s.label:<10} {s.source:<8} {s.query!r}  {state}"), highlight=False)
+        for name in opts.sources:
+            src, so = get_source(name), opts.source_opts(name)
+            have = "set" if os.environ.get(src.env_var) else "NOT SET"
+            out_console.print(escape(f"  {name}: {so.base_url} (image size {so.image}); {src.env_var} {have}"),
+                              highlight=False)
+        return
+    searches = ", ".join(f"{s} {n}" for s, n in result.requests.items())
+    out_console.print(escape(f"images: {result.images} in raw.arrow, {result.new} new; downloads: {result.downloads}"
+                             + (f" (+{result.adopted} found on disk from an interrupted run)" if result.adopted else "")
+                             + f"; duplicates recorded: {result.duplicates}; search requests: {searches}"),
+                      soft_wrap=True)
+    shown = result.streams if verbose else [s for s in result.streams if s.pages]
+    for s in shown:
+        out_console.print(escape(f"  {s.label:<10} {s.source:<8} {s.query!r}: {s.pages} page(s), {s.new} new"
+                                 + (f"; stopped: {s.stop}" if s.stop else "")), highlight=False)
+    for err in result.errors:
+        out_console.print(f"[red]error:[/] {escape(err)}", soft_wrap=True)
+    if result.failed_sources:
+        out_console.print("[yellow]some sources stopped early; run the same command again to resume[/]")
+
+
+@data_app.command("pull")
+def data_pull_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe TOML with a \\[pull] table (e.g. training/recipes/emotions-stock.toml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data directory (default: the recipe's data_dir)."),
+    source: List[str] = typer.Option([], "--source", help="pexels | pixabay; repeat for both (default: the recipe's sources)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N images per emotion, all runs together (overrides max_per_label; 0 = no limit)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the searches and what is left of them; no network, no files, no keys needed."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or summary; errors only."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also say why each keyword stopped."),
+) -> None:
+    """Search Pexels/Pixabay for every emotion keyword and download the photos (DATA/raw/, DATA/raw.arrow); resumable.
+
+    API keys come from PEXELS_API_KEY and PIXABAY_API_KEY and are never printed or stored.
+
+    Exit 0 when everything worked, 1 when a source or an image failed (the rest is saved), 2 for bad arguments, 130 when interrupted (run again to resume).
+    """
+    from .data.pull import PullOptions, api_keys_from_env, pull, with_overrides
+    from .data.recipe import load_recipe
+
+    try:
+        r = load_recipe(recipe)
+        opts = with_overrides(PullOptions.from_recipe(r), sources=source or None, limit=limit)
+        data_dir = r.data_dir(data)
+        keys = None if dry_run else api_keys_from_env(opts.sources)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(escape(str(e)))
+        return
+    handler = _pull_logging(quiet, verbose)
+    progress = None if quiet or dry_run else Progress(
+        TextColumn("{task.description}"), TextColumn("{task.completed} new images"), TimeElapsedColumn(),
+        console=console, transient=True)
+    try:
+        if progress is None:
+            result = pull(opts, data_dir, keys=keys, dry_run=dry_run)
+        else:
+            with progress:
+                task = progress.add_task("searching", total=None)
+                on_page = lambda s: progress.update(  # noqa: E731
+                    task, description=escape(f"{s.label}: {s.query!r} on {s.source}, page {s.next_page - 1}"))
+                on_image = lambda row: progress.advance(task)  # noqa: E731
+                result = pull(opts, data_dir, keys=keys, on_page=on_page, on_image=on_image)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: everything downloaded so far is saved; run the same command again to resume")
+        raise typer.Exit(130)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(escape(str(e)))
+        return
+    finally:
+        logging.getLogger("exe_stream.data").removeHandler(handler)
+    if not quiet:
+        print_pull(result, opts, verbose)
+    elif result.errors:
+        for err in result.errors:
+            console.print(f"[red]error:[/] {escape(err)}", soft_wrap=True)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@data_app.command("extract")
+def data_extract_cmd(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe TOML: its [extract] table and data_dir."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data directory holding raw.arrow (default: the recipe's data_dir)."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="blazeface-full (default) | blazeface-short, as scan's --detector."),
+    min_face_score: Optional[float] = typer.Option(None, "--min-face-score", help="Detector threshold (default: the model's MediaPipe one, as scan)."),
+    margin: Optional[float] = typer.Option(
+        None, "--margin", help="Crop margin: square side = max(w, h) * (1 + 2 * margin). Default 0.15 (fer2013-minixception's); "
+        "the trained model's card gets the same value, so scan crops its faces the same way."),
+    crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Side of the saved crops in pixels (default 224)."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Reduce larger photos to this longer side first (default 1920; 0 = never)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+) -> None:
+    """Crop the largest face of every pulled photo (DATA/faces/, DATA/faces.arrow); resumable."""
+    from .data.extract import ExtractOptions, extract
+
+    try:
+        r, data_dir = _stage_data_dir(recipe, data)
+        over = dict(detector=detector, min_face_score=min_face_score, margin=margin, crop_size=crop_size,
+                    max_side=max_side, device=device)
+        opts = ExtractOptions.from_recipe(r, **over) if r is not None else \
+            ExtractOptions(**{k: v for k, v in over.items() if v is not None})
+        ctx, cb = _stage_progress(quiet, "extract")
+        with ctx:
+            res = extract(data_dir, opts, on_progress=cb)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(str(e))
+        return
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    out_console.print(escape(
+        f"extract: {res.images} photos: {res.faces} faces, {res.no_face} without a face, {res.errors} unreadable "
+        f"({res.already_done} done before) in {res.seconds:.1f} s -> {res.faces_path}"), soft_wrap=True)
+    if res.errors:
+        out_console.print(escape(f"unreadable photos are listed in {res.skipped_path}; a re-run retries them"))
+
+
+@data_app.command("clean")
+def data_clean_cmd(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe TOML: its [clean] table and data_dir."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data directory holding faces.arrow (default: the recipe's data_dir)."),
+    hash_distance: Optional[int] = typer.Option(None, "--hash-distance", help="Perceptual-hash bits (of 64) within which crops are the same picture (default 8)."),
+    min_face_size: Optional[float] = typer.Option(None, "--min-face-size", help="Drop faces smaller than this many pixels in the photo (default 48)."),
+    blur_threshold: Optional[float] = typer.Option(None, "--blur-threshold", help="Drop crops whose Laplacian variance is below this (default 0 = off; try 60-100)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+) -> None:
+    """Drop near-duplicates, images under two labels, small and blurry faces; report class balance."""
+    from .data.clean import DROP_REASONS, CleanOptions, clean
+
+    try:
+        r, data_dir = _stage_data_dir(recipe, data)
+        over = dict(hash_distance=hash_distance, min_face_size=min_face_size, blur_threshold=blur_threshold)
+        opts = CleanOptions.from_recipe(r, **over) if r is not None else \
+            CleanOptions(**{k: v for k, v in over.items() if v is not None})
+        ctx, cb = _stage_progress(quiet, "clean")
+        with ctx:
+            res = clean(data_dir, opts, on_progress=cb)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(str(e))
+        return
+    rep = res.report
+    reasons = [x for x in DROP_REASONS if sum(rep["dropped"][x].values())]
+    table = Table(title=escape(f"class balance: {data_dir}"), box=box.SIMPLE_HEAD)
+    funnel = [k for k in ("pulled", "no_face") if rep[k] is not None]
+    cols = (["label"] + [k.replace("_", " ") for k in funnel] + ["faces", "kept", "share"]
+            + [x.replace("_", " ") for x in reasons])
+    for c in cols:
+        table.add_column(c, justify="left" if c == "label" else "right")
+    total_after = max(rep["total_after"], 1)
+    for lbl in sorted(set(rep["before"]) | set(rep["pulled"] or {})):
+        kept = rep["after"].get(lbl, 0)
+        table.add_row(escape(lbl), *[str(rep[k].get(lbl, 0)) for k in funnel],
+                      str(rep["before"].get(lbl, 0)), str(kept), f"{100 * kept / total_after:.0f}%",
+                      *[str(rep["dropped"][x].get(lbl, 0)) for x in reasons])
+    out_console.print(table)
+    ratio = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    out_console.print(escape(f"kept {rep['total_after']} of {rep['total_before']} faces; largest/smallest class "
+                             f"{ratio(rep['imbalance_before'])} before, {ratio(rep['imbalance_after'])} after"))
+    out_console.print(escape(f"-> {res.clean_path}, {res.report_path}"), soft_wrap=True)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    models: List[str] = typer.Argument(..., help="Model names or directories (as scan's --model); 'ens:a+b' too."),
+    data: List[Path] = typer.Option(..., "--data", "-d", help="Test set: image folder DIR/<label>/* or FER2013 CSV; repeatable."),
+    label_map: Optional[Path] = typer.Option(None, "--map", help="Label map (JSON/TOML object or from,to CSV) naming common classes."),
+    out: Path = typer.Option(Path("evaluation"), "-o", "--out", help="Where the tables and confusion PNGs go."),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help="Evaluate even when test images are in a model's training data (warn)."),
+    usage: List[str] = typer.Option([], "--usage", help="FER2013 CSV rows to use by Usage (Training, PublicTest, PrivateTest); repeatable."),
+    crop: str = typer.Option("none", "--crop", help="none: test images are face crops | detect: crop the largest face by the card's rule."),
+    restrict: bool = typer.Option(False, "--restrict", help="Predict among the test set's classes only."),
+    detector: str = typer.Option("blazeface-full", "--detector", help="Detector for --crop detect."),
+    min_face_score: Optional[float] = typer.Option(None, "--min-face-score", help="Detector threshold for --crop detect."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Test images per forward pass."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and confusion matrices of models on test sets."""
+    from .evaluate import EvaluateOptions, evaluate, load_label_map
+
+    try:
+        opts = EvaluateOptions(
+            label_map=load_label_map(label_map) if label_map else (), usage=tuple(usage), crop=crop,
+            detector=detector, min_face_score=min_face_score, restrict=restrict, allow_overlap=allow_overlap,
+            device=device, batch_size=batch_size)
+        ctx, cb = _stage_progress(quiet, "evaluate")
+        with ctx:
+            rep = evaluate(models, data, opts, out_dir=out,
+                           on_progress=None if cb is None else (lambda name, done, total: cb(done, total)))
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(str(e))
+        return
+    table = Table(title="evaluation", box=box.SIMPLE_HEAD)
+    for c in ("model", "test set", "n", "accuracy", "balanced acc", "macro F1", "left out", "overlap"):
+        table.add_column(c, justify="left" if c in ("model", "test set") else "right")
+    for row in rep.comparison():
+        overlap = "not checked" if row["overlap"] is None else str(row["overlap"])
+        table.add_row(escape(row["model"]), escape(row["dataset"]), str(row["n"]), _fmt(row["accuracy"]),
+                      _fmt(row["balanced_accuracy"]), _fmt(row["macro_f1"]), str(row["excluded"] + row["no_face"]),
+                      f"[red]{overlap}[/]" if row["overlap"] else overlap)
+    Console(width=max(out_console.width, 110), highlight=False).print(table)
+    for ev in rep.evaluations:
+        for note in ev.notes:
+            colour = "red" if note.startswith("WARNING") else "yellow"
+            out_console.print(f"[{colour}]{escape(ev.model)} on {escape(ev.dataset)}:[/] {escape(note)}", soft_wrap=True)
+    for note in rep.notes:
+        out_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    out_console.print(escape(f"-> {rep.out_dir}: comparison.csv, per_class.csv, evaluation.json, "
+                             f"{len(rep.evaluations)} confusion PNGs"), soft_wrap=True)
+
+
+class _EpochPrinter:
+    """Prints one line per epoch; '*' marks a new best validation metric."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.total, self.metric, self.best = quiet, 0, "macro_f1", float("-inf")
+
+    def start(self, total: int, metric: str) -> None:
+        self.total, self.metric, self.best = total, metric, float("-inf")
+
+    def __call__(self, m) -> None:
+        improved = m.value(self.metric) > self.best
+        self.best = max(self.best, m.value(self.metric))
+        if not self.quiet:
+            out_console.print(escape(
+                f"epoch {m.epoch}/{self.total}  train loss {m.train_loss:.3f} acc {m.train_accuracy:.3f}  "
+                f"val loss {m.val_loss:.3f} acc {m.val_accuracy:.3f} macro-F1 {m.val_macro_f1:.3f}  "
+                f"lr {m.lr:.2e}  {m.train_seconds + m.val_seconds:.1f} s{'  *' if improved else ''}"), highlight=False)
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe TOML: its [train] table and data_dir."),
+    grid: Optional[Path] = typer.Option(
+        None, "--grid", help="Grid TOML ([train] base + [[grid.variants]]): train every variant, write results.md/.csv."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Data directory with clean.arrow, or an image folder DIR/<label>/*.png (default: the recipe's data_dir)."),
+    out: Optional[Path] = typer.Option(
+        None, "-o", "--out", help="The model directory (default runs/<recipe name>); with --grid, one directory per variant inside."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (default: the recipe's, else auto)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No per-epoch lines."),
+) -> None:
+    """Train an emotion model (or a grid of variants) into a model card that scan --model loads; resumable."""
+    from .data.recipe import load_recipe
+    from .train import load_grid, load_train_config, run_grid, train
+
+    show = _EpochPrinter(quiet)
+    try:
+        if grid is not None:
+            if recipe is not None:
+                raise ValueError("give either a RECIPE or --grid GRID (the grid names its own base recipe)")
+            g = load_grid(grid)
+            target = out or Path("runs") / g.name
+
+            def variant(v, i, n) -> None:
+                show.start(epochs or v.config.epochs, v.config.metric)
+                out_console.print(escape(f"[{i + 1}/{n}] {v.name}: {', '.join(f'{k}={x}' for k, x in v.overrides.items())}"))
+
+            res = run_grid(g, data, target, device=device, epochs=epochs, on_variant=variant, on_epoch_end=show)
+            out_console.print(res.markdown_path.read_text(), markup=False, highlight=False, soft_wrap=True)
+            out_console.print(escape(f"-> {res.markdown_path}, {res.csv_path}"), soft_wrap=True)
+            for row in res.rows:
+                if row["status"] != "done":
+                    console.print(f"[red]failed:[/] {escape(row['variant'])}: {escape(row['reason'])}")
+            raise typer.Exit(0 if res.ok else 1)
+        if recipe is None:
+            raise ValueError("give a RECIPE (its [train] table and data_dir) or --grid GRID")
+        overrides = {k: v for k, v in (("epochs", epochs), ("device", device)) if v is not None}
+        config = load_train_config(recipe, overrides)
+        r = load_recipe(recipe)
+        target = out or Path("runs") / r.name
+        show.start(config.epochs, config.metric)
+        record = train(config, r.data_dir(data), target, recipe=recipe, on_epoch_end=show)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the finished epochs are kept; run the same command again to resume")
+        raise typer.Exit(130)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(escape(str(e)))
+        return
+    b = record.best
+    out_console.print(escape(
+        f"best epoch {record.best_epoch}/{len(record.epochs)}: val accuracy {b.val_accuracy:.3f}, macro-F1 "
+        f"{b.val_macro_f1:.3f} ({sum(record.data['train'].values())} training / {sum(record.data['val'].values())} "
+        f"validation images, {record.timings['total_s'] / 60:.1f} min)"), soft_wrap=True)
+    out_console.print(escape(f"model: {target}  (exe-stream scan FILMS -o OUT --model {target})"), soft_wrap=True)
+
+
+@app.command("cluster")
+def cluster_cmd(
+    out: Path = typer.Argument(..., help="A scan's output directory, scanned with --embeddings."),
+    model: str = typer.Option(..., "--model", "-m", help="The model whose embeddings to cluster (as given to scan --model)."),
+    labelled: Path = typer.Option(..., "--labelled", help="Labelled face crops DIR/<label>/*.png|jpg that name the clusters."),
+    k: int = typer.Option(0, "--k", help="Clusters (default: the number of labels)."),
+    seed: int = typer.Option(0, "--seed", help="k-means seed."),
+    device: str = typer.Option("cpu", "--device", help="auto | cpu | cuda, for embedding the labelled crops."),
+) -> None:
+    """k-means on a scan's face embeddings; clusters mapped to labels by a labelled set (Hungarian); accuracy."""
+    from .cluster import ClusterOptions, cluster
+
+    try:
+        res = cluster(out, model, labelled, ClusterOptions(k=k, seed=seed), device=device)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(escape(str(e)))
+        return
+    table = Table(title=escape(f"{res.k} clusters of {res.model_id}: {res.n_faces} film faces, {res.n_labelled} labelled"),
+                  box=box.SIMPLE_HEAD)
+    table.add_column("cluster", justify="right")
+    table.add_column("label")
+    for lbl in res.labels:
+        table.add_column(f"labelled {lbl}", justify="right")
+    for j in range(res.k):
+        table.add_row(str(j), escape(res.mapping[j]), *[str(v) for v in res.contingency[j]])
+    out_console.print(table)
+    out_console.print(escape(f"clustering accuracy on the labelled set: {res.accuracy:.3f}"))
+    shares = ", ".join(f"{lbl} {100 * v:.0f}%" for lbl, v in res.face_shares.items())
+    out_console.print(escape(f"film faces by mapped label: {shares or 'no faces'}"))
+    out_console.print(escape(f"-> {res.out_dir}"), soft_wrap=True)
 
 
 @app.command("version")

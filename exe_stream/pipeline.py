@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import gc
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from . import __version__
 from .classify import classify_faces
 from .decode import find_videos, get_decoder
 from .detect import DetectorOptions, detect_faces
+from .engines import EngineError, EngineProfile, attach_engine, engine_key, load_profile, resolve_engine
 from .errors import DecodeError
 from .models import EmotionModel, load_model, resolve_device
 from .sampling import SamplingOptions
@@ -32,6 +34,7 @@ from .shards import (
     Manifest, done_shards_exist, remove_film_shards, faces_path, faces_table, fingerprint, frames_path,
     frames_table, shard_metadata, write_table,
 )
+from .embeddings import embeddings_path, remove_embeddings, write_embeddings
 from .types import FaceBatch, FrameBatch
 
 log = logging.getLogger(__name__)
@@ -51,16 +54,29 @@ class ScanOptions:
     models: tuple[str, ...] = ("fer2013-minixception",)
     # Where detection and classification run; "auto" picks CUDA when available.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Decoder backend; "auto" picks PyAV on the CPU path.
+    # Decoder backend; "auto" picks PyAV on the CPU path, and NVDEC on CUDA when PyNvVideoCodec
+    # is installed (else PyAV).
     decoder: str = "auto"
-    # Inference engine; "auto" picks torch.
+    # Inference engine: torch, onnxruntime or tensorrt (exe_stream.engines); "auto" is torch on
+    # the CPU, and on CUDA tensorrt when it is installed, else torch.
     engine: str = "auto"
+    # Engine build profile (precision, batch buckets/ranges): a name in engines/ or a TOML path.
+    engine_profile: str = "default"
     # Sampled frames per batch through detection and classification.
     batch_size: int = 16
     # Redo nothing that is already done with the same film, options and models.
     resume: bool = True
+    # Also store each face's penultimate-layer embedding per model (OUT/embeddings/, see
+    # exe_stream.embeddings); the v1 shards are unchanged.
+    embeddings: bool = False
+    # Films decoded at once, each by its own decoder thread, their detection and classification
+    # taking turns (see _FilmsAtOnce); 0 = automatic: one per NVDEC engine with the nvdec
+    # decoder on CUDA, else 1. Does not change what is written.
+    films_at_once: int = 0
 
     def __post_init__(self) -> None:
+        if self.films_at_once < 0:
+            raise ValueError(f"films_at_once must be >= 0 (0 = automatic), got {self.films_at_once}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
         if self.engine not in ("auto", "torch", "onnxruntime", "tensorrt"):
@@ -97,26 +113,55 @@ class ScanResult:
         return all(f.status in ("done", "skipped") for f in self.films)
 
 
-def _resolve_backends(opts: ScanOptions) -> str:
+def _resolve_backends(opts: ScanOptions, device: torch.device | None = None) -> str:
     decoder = opts.decoder
     if decoder == "auto":
-        decoder = "pyav"
-    if opts.engine not in ("auto", "torch"):
-        raise ValueError(
-            f"engine {opts.engine!r} belongs to the GPU fast path, which is not built yet; "
-            "use --engine torch (or auto)"
-        )
+        # NVDEC keeps frames on the GPU (unverified: see exe_stream.decode.nvdec).
+        nvdec = device is not None and device.type == "cuda" \
+            and importlib.util.find_spec("PyNvVideoCodec") is not None
+        decoder = "nvdec" if nvdec else "pyav"
     return decoder
 
 
-def _options_key(opts: ScanOptions, models: Sequence[EmotionModel], decoder: str) -> str:
-    """Hash of everything that changes a film's shards: sampling, detector, models, decoder."""
+def _films_at_once(opts: ScanOptions, decoder: str, device: torch.device, films: Sequence[Path]) -> int:
+    """How many films decode at once: ``opts.films_at_once``, or automatically one per NVDEC
+    engine (one decode session uses one engine) with nvdec on CUDA, else 1."""
+    if opts.films_at_once:
+        return opts.films_at_once
+    if decoder == "nvdec" and device.type == "cuda" and films:
+        from .decode.nvdec import nvdec_engines
+
+        return nvdec_engines(films[0], device.index or 0)
+    return 1
+
+
+def _resolve_engine(opts: ScanOptions, device: torch.device) -> tuple[str, EngineProfile]:
+    """The engine every model runs in, and its build profile. A missing backend (TensorRT not
+    installed, no CUDA) fails here, before any film. Embeddings are read from the torch
+    networks' layers, so a scan with embeddings runs the plain torch networks."""
+    profile = load_profile(opts.engine_profile)
+    if opts.embeddings:
+        if opts.engine not in ("auto", "torch"):
+            raise EngineError(
+                f"--embeddings reads the torch networks' layers and needs --engine torch (or auto), "
+                f"got {opts.engine!r}"
+            )
+        return "torch", profile
+    return resolve_engine(opts.engine, device), profile
+
+
+def _options_key(opts: ScanOptions, models: Sequence[EmotionModel], decoder: str,
+                 engine: dict[str, Any] | None = None) -> str:
+    """Hash of everything that changes a film's shards: sampling, detector, models, decoder,
+    and the engine (``engines.engine_key``; None for fp32 torch, the key of older scans)."""
     key = {
         "sampling": asdict(opts.sampling),
         "detector": asdict(opts.detector),
         "models": {m.model_id: m.content_hash for m in models},
         "decoder": decoder,
         "schema": "1",
+        **({"embeddings": True} if opts.embeddings else {}),
+        **({"engine": engine} if engine else {}),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -175,8 +220,10 @@ class _FilmRows:
         self.faces: dict[str, list] = {k: [] for k in (
             "frame_index", "pts_seconds", "face_index", "x0", "y0", "x1", "y1", "det_score", "face_area_rel")}
         self.probs: dict[str, list[np.ndarray]] = {m.model_id: [] for m in models}
+        self.embeddings: dict[str, list[np.ndarray]] = {m.model_id: [] for m in models}
 
-    def add(self, frames: FrameBatch, faces: FaceBatch, probs: dict[str, torch.Tensor]) -> None:
+    def add(self, frames: FrameBatch, faces: FaceBatch, probs: dict[str, torch.Tensor],
+            embeddings: dict[str, torch.Tensor] | None = None) -> None:
         fi = frames.frame_index.cpu().numpy()
         pts = frames.pts_seconds.cpu().numpy()
         rows = faces.frame_row.numpy()
@@ -196,6 +243,9 @@ class _FilmRows:
             self.faces[name].append(values)
         for model_id, p in probs.items():
             self.probs[model_id].append(p.detach().to("cpu", torch.float32).numpy())
+        for model_id, e in (embeddings or {}).items():
+            if len(e):  # a batch without faces has no embedding width
+                self.embeddings[model_id].append(e.numpy())
 
     def arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         def cat(parts, dtype):
@@ -219,6 +269,7 @@ class _FilmRows:
 def _scan_film(
     path: Path, film_id: str, out: Path, opts: ScanOptions, models: Sequence[EmotionModel],
     decoder_name: str, device: torch.device, key: str, on_frames: Callable[[int, int], None] | None,
+    gate: _InferenceGate | None = None,
 ) -> tuple[FilmResult, dict[str, Any]]:
     start = time.perf_counter()
     decoder = get_decoder(decoder_name)
@@ -233,6 +284,8 @@ def _scan_film(
         result.media_seconds = info.duration_seconds
         expected = _expected_samples(info.num_frames, info.duration_seconds, opts.sampling)
         batches = _prefetch(decoder.frames(path, opts.sampling, opts.batch_size))
+        if gate is not None:  # films at once: this film's detection waits for its turn
+            batches = gate.wrap(batches)
         t = time.perf_counter()
         for frames in batches:
             timings["decode_wait_s"] += time.perf_counter() - t
@@ -243,9 +296,10 @@ def _scan_film(
             timings["detect_s"] += time.perf_counter() - t
             # 3. Classify every face with every model from the same crops.
             t = time.perf_counter()
-            probs = classify_faces(frames, faces, models)
+            emb: dict[str, torch.Tensor] | None = {} if opts.embeddings else None
+            probs = classify_faces(frames, faces, models, embeddings=emb)
             timings["classify_s"] += time.perf_counter() - t
-            rows.add(frames, faces, probs)
+            rows.add(frames, faces, probs, emb)
             result.frames += len(frames)
             if on_frames:
                 on_frames(result.frames, max(expected, result.frames))
@@ -263,6 +317,7 @@ def _scan_film(
     else:
         # Nothing decoded: no shards, and none left over from an earlier scan of this id.
         remove_film_shards(out, film_id)
+        remove_embeddings(out, film_id)
     # The film's last reference cycles (e.g. the probe frame PyAV ties to its side data) go
     # now, with their decoder buffers, and glibc gives the freed pages back.
     gc.collect()
@@ -282,6 +337,103 @@ def _scan_film(
         "info": info_dict,
     }
     return result, entry
+
+
+class _InferenceGate:
+    """Detection and classification of films scanned at once take turns through this gate.
+
+    ``wrap`` turns a film's batch iterator into one that holds the gate from the moment a batch
+    is handed out until the next one is asked for: the body of the film's loop (detect,
+    classify, collect rows) runs for one film at a time, films take it as their batches arrive
+    (a plain lock: not strictly first come, first served), and no film waits for its decoder
+    while holding it. Decoding (each film's own decoder thread) goes on meanwhile, so decoding
+    overlaps inference.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: tuple[int, object] | None = None  # (thread, wrapped iterator) holding it
+        self._owner_lock = threading.Lock()  # guards _owner against a double release
+
+    def _release(self, holder: tuple[int, object] | None = None) -> None:
+        with self._owner_lock:
+            if self._owner is not None and (holder is None or self._owner == holder):
+                self._owner = None
+                self._lock.release()
+
+    def release_owned(self) -> None:
+        """Release the gate if the calling thread holds it (a film whose loop body raised)."""
+        owner = self._owner
+        if owner is not None and owner[0] == threading.get_ident():
+            self._release(owner)
+
+    def wrap(self, batches: Iterator[FrameBatch]) -> Iterator[FrameBatch]:
+        token = object()
+        holder: tuple[int, object] | None = None
+        try:
+            for frames in batches:
+                self._lock.acquire()
+                holder = (threading.get_ident(), token)
+                self._owner = holder
+                yield frames
+                self._release(holder)
+        finally:
+            if holder is not None:
+                self._release(holder)  # a no-op unless this film still holds the gate
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+
+class _FilmsAtOnce:
+    """Runs films' scans ``n`` at a time, each in its own thread (decoding in the film's
+    decoder thread, inference through a shared ``_InferenceGate``), and hands each finished
+    film to its ``on_done`` in the calling thread, so the manifest and the callbacks stay in
+    one thread. With ``n`` = 1 a film runs in the calling thread, as a plain sequential scan.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.gate = _InferenceGate() if n > 1 else None
+        self._done: queue.Queue = queue.Queue()
+        self._running = 0
+
+    def wait_for_slot(self) -> None:
+        """Hand finished films over until fewer than ``n`` are running."""
+        while self._running >= self.n:
+            self._collect()
+
+    def start(self, work: Callable[[_InferenceGate | None], Any], on_done: Callable[[Any], None]) -> None:
+        """Run ``work(gate)`` (now, or in a thread when films run at once); ``on_done`` gets its
+        result in this thread. An exception ``work`` lets through is raised here."""
+        if self.gate is None:
+            on_done(work(None))
+            return
+        gate = self.gate
+
+        def run() -> None:
+            try:
+                out: Any = work(gate)
+            except BaseException as e:  # re-raised in the scanning thread
+                out = e
+            finally:
+                gate.release_owned()
+            self._done.put((on_done, out))
+
+        self._running += 1
+        threading.Thread(target=run, name="exe-stream-film", daemon=True).start()
+
+    def _collect(self) -> None:
+        on_done, out = self._done.get()
+        self._running -= 1
+        if isinstance(out, BaseException):
+            raise out
+        on_done(out)
+
+    def finish(self) -> None:
+        """Hand over every film still running."""
+        while self._running:
+            self._collect()
 
 
 def _load_malloc_trim() -> Callable[[], None]:
@@ -331,9 +483,17 @@ def _write_film(out: Path, film_id: str, rows: _FilmRows, models: Sequence[Emoti
     for m in models:
         parts = rows.probs[m.model_id]
         probs = np.concatenate(parts) if parts else np.zeros((0, len(m.labels)), np.float32)
-        meta = shard_metadata(model_id=m.model_id, model_hash=m.content_hash, labels=list(m.labels), **common)
+        meta = shard_metadata(model_id=m.model_id, model_hash=m.content_hash, labels=list(m.labels),
+                              engine=m.engine, **common)
         table = faces_table(film_id, m.model_id, m.labels, faces, probs.astype(np.float32), meta)
         write_table(faces_path(out, film_id, m.model_id), table)
+    # 5. Embeddings (scan --embeddings), in a dataset of their own; stale ones go otherwise.
+    remove_embeddings(out, film_id)
+    if opts.embeddings:
+        for m in models:
+            parts = rows.embeddings[m.model_id]
+            emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+            write_embeddings(out, film_id, m, faces["frame_index"], faces["face_index"], emb)
 
 
 def scan(
@@ -344,6 +504,7 @@ def scan(
     on_film_start: Callable[[str, Path, int], None] | None = None,
     on_frames: Callable[[int, int], None] | None = None,
     on_film_end: Callable[[FilmResult], None] | None = None,
+    on_film_frames: Callable[[str, int, int], None] | None = None,
 ) -> ScanResult:
     """Scan films (files or directories searched recursively) into shards under ``out``.
 
@@ -351,13 +512,17 @@ def scan(
     manifest are skipped when ``opts.resume``; every other film is (re)scanned. A film that
     fails is recorded as ``failed`` (or ``partial`` with what could be decoded) and the scan
     goes on. ``metadata`` maps film ids or file names to extra columns (title, genre, ...)
-    stored in the manifest. The callbacks drive progress display.
+    stored in the manifest. The callbacks drive progress display: ``on_film_start`` and
+    ``on_film_end`` run in the calling thread; ``on_frames(done, total)`` and
+    ``on_film_frames(film_id, done, total)`` report a film's progress, from its own thread
+    when ``opts.films_at_once`` > 1 (one call at a time).
     """
     out = Path(out)
     films = find_videos([Path(p) for p in paths])
     device = resolve_device(opts.device)
     with _cpu_threads(device, opts.sampling.mode):
-        return _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end)
+        return _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end,
+                     on_film_frames)
 
 
 @contextlib.contextmanager
@@ -379,22 +544,42 @@ def _cpu_threads(device: torch.device, mode: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end) -> ScanResult:
-    decoder_name = _resolve_backends(opts)
+def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end,
+          on_film_frames=None) -> ScanResult:
+    decoder_name = _resolve_backends(opts, device)
     get_decoder(decoder_name)  # unknown names fail before any work
+    engine, profile = _resolve_engine(opts, device)
     models = [load_model(spec, device) for spec in opts.models]
-    key = _options_key(opts, models, decoder_name)
+    if not opts.embeddings:  # embeddings hook the plain torch networks (see _resolve_engine)
+        models = [attach_engine(m, engine, profile) for m in models]
+    key = _options_key(opts, models, decoder_name, None if opts.embeddings else engine_key(engine, device, profile))
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(out)
     manifest.scans.append({
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "exe_stream_version": __version__,
         "options": json.loads(json.dumps(asdict(opts), default=str)), "options_key": key,
         "models": {m.model_id: {"hash": m.content_hash, "labels": list(m.labels)} for m in models},
-        "device": str(device), "films": len(films),
+        "device": str(device), "engine": engine, "engine_profile": profile.settings(), "films": len(films),
     })
-    results: list[FilmResult] = []
+    results: dict[int, FilmResult] = {}
     taken: set[str] = set()
+    # Several films may decode at once (--films-at-once); each is recorded as it finishes.
+    at_once = _FilmsAtOnce(_films_at_once(opts, decoder_name, device, films))
+
+    def record(i: int, res: FilmResult, entry: dict[str, Any] | None, fp: str) -> None:
+        if entry is not None:
+            entry["fingerprint"] = fp
+            meta = (metadata or {}).get(res.film_id) or (metadata or {}).get(Path(res.path).name)
+            if meta:
+                entry["metadata"] = meta
+            manifest.films[res.film_id] = entry
+            manifest.save()
+        results[i] = res
+        if on_film_end:
+            on_film_end(res)
+
     for i, path in enumerate(films):
+        at_once.wait_for_slot()
         film_id = manifest.film_id_for(path, taken)
         taken.add(film_id)
         if on_film_start:
@@ -407,19 +592,34 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
         prev = manifest.films.get(film_id, {})
         if (opts.resume and prev.get("status") == "done" and prev.get("fingerprint") == fp
                 and prev.get("options_key") == key
-                and done_shards_exist(out, film_id, [m.model_id for m in models])):
-            res = FilmResult(film_id, str(path), "skipped", "already scanned with the same options",
-                             frames=prev.get("frames_sampled", 0), faces=prev.get("faces", 0))
+                and done_shards_exist(out, film_id, [m.model_id for m in models])
+                and (not opts.embeddings
+                     or all(embeddings_path(out, film_id, m.model_id).exists() for m in models))):
+            record(i, FilmResult(film_id, str(path), "skipped", "already scanned with the same options",
+                                 frames=prev.get("frames_sampled", 0), faces=prev.get("faces", 0)), None, fp)
         else:
-            res, entry = _scan_film(path, film_id, out, opts, models, decoder_name, device, key, on_frames)
-            entry["fingerprint"] = fp
-            meta = (metadata or {}).get(film_id) or (metadata or {}).get(Path(path).name)
-            if meta:
-                entry["metadata"] = meta
-            manifest.films[film_id] = entry
-            manifest.save()
-        results.append(res)
-        if on_film_end:
-            on_film_end(res)
+            frames_cb = _frames_callback(film_id, on_frames, on_film_frames)
+            at_once.start(
+                lambda gate, a=(path, film_id, frames_cb): _scan_film(
+                    a[0], a[1], out, opts, models, decoder_name, device, key, a[2], gate),
+                lambda done, i=i, fp=fp: record(i, done[0], done[1], fp),
+            )
+    at_once.finish()
     manifest.save()
-    return ScanResult(out=out, films=results)
+    return ScanResult(out=out, films=[results[i] for i in range(len(films))])
+
+
+def _frames_callback(film_id: str, on_frames: Callable[[int, int], None] | None,
+                     on_film_frames: Callable[[str, int, int], None] | None
+                     ) -> Callable[[int, int], None] | None:
+    """One film's progress callback: ``on_frames(done, total)`` and, with the film's id,
+    ``on_film_frames(film_id, done, total)``."""
+    if on_film_frames is None:
+        return on_frames
+
+    def both(done: int, total: int) -> None:
+        if on_frames:
+            on_frames(done, total)
+        on_film_frames(film_id, done, total)
+
+    return both

@@ -283,7 +283,15 @@ def roi_resample(
     samples that the bilinear taps touch and the chroma samples their upsampling uses, converts
     that grid to RGB (clamped), and blends each 2x2 tap group. Work and memory scale with the
     output, not with the frame, so letterboxing a 1080p frame to 192x192 is cheap.
+
+    Frames on a CUDA device go to the CUDA kernel (``kernels.roi_resample_cuda``, same result
+    to the spec's tolerance) when its library loads and can run there; else this torch code.
     """
+    if frames.device.type == "cuda":
+        from . import kernels  # ctypes only; the library itself loads on first use
+
+        if kernels.available(frames.device):
+            return kernels.roi_resample_cuda(frames, rois, out_hw, mode, mean, std)
     channels = _check_mode(mode, mean, std)
     _check_rois(rois, len(frames))
     oh, ow = int(out_hw[0]), int(out_hw[1])

@@ -75,7 +75,7 @@ def test_get_decoder_pyav():
 
 
 def test_get_decoder_unknown_name():
-    with pytest.raises(ValueError, match=r"unknown decoder 'ffmpeg'; choose one of: pyav"):
+    with pytest.raises(ValueError, match=r"unknown decoder 'ffmpeg'; choose one of: dali, nvdec, pyav"):
         get_decoder("ffmpeg")
 
 

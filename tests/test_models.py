@@ -177,7 +177,8 @@ def test_pickled_checkpoints_are_refused_unopened(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "arch, colour",
     [("mini_xception", "gray"), ("mini_xception", "rgb"), ("resnet18", "rgb"), ("resnet18", "gray"),
-     ("resnet50", "rgb"), ("efficientnet_b0", "gray"), ("mobilenet_v2", "gray")],
+     ("resnet50", "rgb"), ("efficientnet_b0", "gray"), ("mobilenet_v2", "gray"), ("vgg16", "gray"),
+     ("conv_autoencoder", "rgb"), ("conv_autoencoder", "gray")],
 )
 def test_architectures_give_logits_per_label(arch, colour):
     card = _card(architecture=arch, colour=colour, mean=(0.5,) * (3 if colour == "rgb" else 1),
@@ -201,12 +202,26 @@ def test_facex_architecture_takes_200px_crops(colour):
 
 
 def test_every_architecture_is_tested():
-    tested = {"mini_xception", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v2", "facex_mobilenet_v2"}
+    tested = {"mini_xception", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v2", "facex_mobilenet_v2",
+              "vgg16", "conv_autoencoder"}
     assert set(ARCHITECTURES) == tested
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "vgg16"])
+def test_extra_dense_head_from_the_card(tmp_path, arch):
+    # extra.head_hidden (exe-stream train's extra_dense) rebuilds Linear -> ReLU -> Dropout -> Linear.
+    card, state = _make(tmp_path / "m", architecture=arch, extra={"head_hidden": 16})
+    head = [k for k in state if k.endswith(".3.weight")][-1]
+    assert tuple(state[head].shape) == (3, 16)
+    m = load_model(str(tmp_path / "m"))
+    assert m.predict(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    with pytest.raises(ModelError, match=r"extra.head_hidden=16 needs a positive integer and one of .* "
+                                         r"got architecture 'mini_xception'"):
+        build_network(_card(architecture="mini_xception", extra={"head_hidden": 16}))
+
+
 def test_unknown_architecture(tmp_path):
-    with pytest.raises(ModelError, match=r"unknown architecture 'vgg11'; expected one of \['efficientnet_b0', "):
+    with pytest.raises(ModelError, match=r"unknown architecture 'vgg11'; expected one of \['conv_autoencoder', 'efficientnet_b0', "):
         build_network(_card(architecture="vgg11"))
 
 

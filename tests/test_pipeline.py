@@ -168,6 +168,6 @@ def test_keyframe_sampling_records_real_keyframes(tmp_path, films):
 def test_unknown_model_and_engine_fail_before_any_work(tmp_path, clips):
     with pytest.raises(Exception, match="nope"):
         scan([clips / "carphone_pristine.mp4"], tmp_path / "o", _opts(models=("nope",)))
-    with pytest.raises(ValueError, match="engine 'tensorrt' belongs to the GPU fast path"):
+    with pytest.raises(Exception, match="engine 'tensorrt'"):  # not installed, or no CUDA
         scan([clips / "carphone_pristine.mp4"], tmp_path / "o", _opts(engine="tensorrt"))
     assert not (tmp_path / "o" / "manifest.json").exists()

@@ -26,8 +26,27 @@ def _pyav() -> Decoder:
     return PyAVDecoder()
 
 
-# Backend name -> factory. GPU backends import their heavy packages inside their factory.
-DECODERS: dict[str, Callable[[], Decoder]] = {"pyav": _pyav}
+def _dali() -> Decoder:
+    from .dali import DaliDecoder
+
+    try:
+        return DaliDecoder()
+    except ImportError as e:  # DALI not installed: a bad choice of decoder, said plainly
+        raise ValueError(str(e)) from e
+
+
+def _nvdec() -> Decoder:
+    from .nvdec import NvdecDecoder
+
+    try:
+        return NvdecDecoder()
+    except ImportError as e:  # PyNvVideoCodec not installed
+        raise ValueError(str(e)) from e
+
+
+# Backend name -> factory. GPU backends import their heavy packages inside their factory
+# (a missing package or CUDA device is a ValueError that says what to install or use).
+DECODERS: dict[str, Callable[[], Decoder]] = {"pyav": _pyav, "dali": _dali, "nvdec": _nvdec}
 
 
 def get_decoder(name: str) -> Decoder:

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,9 +36,10 @@ from .card import (
     refuse_pickle,
     save_model,
 )
+from .conv_autoencoder import ConvAEClassifier
 from .facex_mobilenet import FacexMobileNetV2
 from .mini_xception import MiniXception
-from .resnet import TORCHVISION_ARCHITECTURES, build_torchvision
+from .resnet import TORCHVISION_ARCHITECTURES, build_torchvision, set_head
 
 __all__ = [
     "ARCHITECTURES",
@@ -62,6 +63,8 @@ ENSEMBLE_PREFIX = "ens:"
 ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "mini_xception": lambda n, c: MiniXception(num_classes=n, in_channels=c),
     "facex_mobilenet_v2": lambda n, c: FacexMobileNetV2(num_classes=n, in_channels=c),
+    # The encoder of exe-stream train's convolutional autoencoder with a Linear head.
+    "conv_autoencoder": lambda n, c: ConvAEClassifier(num_classes=n, in_channels=c),
     **{
         name: (lambda n, c, _name=name: build_torchvision(_name, n, c))
         for name in TORCHVISION_ARCHITECTURES
@@ -103,7 +106,17 @@ def build_network(card: ModelCard) -> nn.Module:
             f"model {card.name!r}: unknown architecture {card.architecture!r}; "
             f"expected one of {sorted(ARCHITECTURES)}"
         )
-    return ARCHITECTURES[card.architecture](len(card.labels), card.channels)
+    net = ARCHITECTURES[card.architecture](len(card.labels), card.channels)
+    # An extra dense layer before the output (exe-stream train's extra_dense), torchvision only.
+    hidden = card.extra.get("head_hidden", 0)
+    if hidden:
+        if card.architecture not in TORCHVISION_ARCHITECTURES or not isinstance(hidden, int) or hidden < 1:
+            raise ModelError(
+                f"model {card.name!r}: extra.head_hidden={hidden!r} needs a positive integer and one of "
+                f"{sorted(TORCHVISION_ARCHITECTURES)}, got architecture {card.architecture!r}"
+            )
+        set_head(net, card.architecture, len(card.labels), hidden)
+    return net
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -140,9 +153,13 @@ class EmotionModel:
     device: torch.device
     # Most crops per forward pass; larger inputs are split into chunks.
     max_batch: int = 256
+    # Inference engines (exe_stream.engines.attach_engine), one per member, each running its
+    # member's network; empty: the networks run as plain torch modules.
+    engines: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         assert len(self.cards) == len(self.networks) >= 1
+        assert len(self.engines) in (0, len(self.networks))
         assert all(c.labels == self.labels for c in self.cards)
 
     @property
@@ -151,6 +168,11 @@ class EmotionModel:
         if len(self.cards) != 1:
             raise ModelError(f"{self.model_id!r} is an ensemble of {len(self.cards)} models; use .cards")
         return self.cards[0]
+
+    @property
+    def engine(self) -> str:
+        """Name of the engine the members run in ("torch" when none is attached)."""
+        return self.engines[0].name if self.engines else "torch"
 
     @property
     def crop_specs(self) -> tuple[CropSpec, ...]:
@@ -171,7 +193,8 @@ class EmotionModel:
             raise ModelError(f"{self.model_id!r} has {len(self.cards)} members but got {len(crops)} crop tensors")
         k = int(crops[0].shape[0]) if crops[0].ndim else 0
         total = torch.zeros((k, len(self.labels)), dtype=torch.float32, device=self.device)
-        for card, net, x in zip(self.cards, self.networks, crops):
+        for i, (card, net, x) in enumerate(zip(self.cards, self.networks, crops)):
+            forward = self.engines[i].run if self.engines else net
             want = (card.channels, *card.input_size)
             if x.ndim != 4 or tuple(x.shape[1:]) != want or x.shape[0] != k:
                 raise ModelError(
@@ -181,11 +204,12 @@ class EmotionModel:
             with torch.inference_mode():
                 for s in range(0, k, self.max_batch):
                     xb = x[s : s + self.max_batch].to(device=self.device, dtype=torch.float32)
-                    total[s : s + self.max_batch] += torch.softmax(net(xb).float(), dim=1)
+                    total[s : s + self.max_batch] += torch.softmax(forward(xb).float(), dim=1)
         return total / len(self.cards) if len(self.cards) > 1 else total
 
     def __repr__(self) -> str:
-        return f"EmotionModel({self.model_id!r}, {len(self.cards)} member(s), labels={list(self.labels)}, {self.device})"
+        return (f"EmotionModel({self.model_id!r}, {len(self.cards)} member(s), labels={list(self.labels)}, "
+                f"{self.device}, engine={self.engine!r})")
 
 
 def _resolve_dir(spec: str) -> tuple[str, Path]:
