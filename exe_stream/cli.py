@@ -610,6 +610,28 @@ def data_clean_cmd(
     out_console.print(escape(f"-> {res.clean_path}, {res.report_path}"), soft_wrap=True)
 
 
+@data_app.command("harvest")
+def data_harvest_cmd(
+    out: Path = typer.Argument(..., help="A scan's output directory: its faces are cut from its films again."),
+    dest: Path = typer.Option(..., "-o", "--out", help="Where the crops go: DEST/<film_id>/f<frame>-<face>.png."),
+    size: int = typer.Option(64, "--size", help="Side of the square RGB crops in pixels."),
+    margin: float = typer.Option(0.15, "--margin", help="Crop margin, as a model card's crop_margin."),
+    min_face_area: float = typer.Option(0.0, "--min-face-area", help="Only faces covering at least this fraction of the frame."),
+) -> None:
+    """Cut the faces a scan found into PNG crops: unlabelled material for autoencoder pretraining."""
+    from .train.harvest import harvest_faces
+
+    try:
+        res = harvest_faces(out, dest, size=size, margin=margin, min_face_area=min_face_area)
+    except (ValueError, ExeStreamError) as e:
+        _fail_usage(escape(str(e)))
+        return
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    out_console.print(escape(f"harvest: {res.written} crops written, {res.existing} there before, from "
+                             f"{res.films} films -> {res.dest}"), soft_wrap=True)
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     models: List[str] = typer.Argument(..., help="Model names or directories (as scan's --model); 'ens:a+b' too."),

@@ -65,6 +65,16 @@ def tiny(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The networks here are tiny (32 x 32): one torch thread is about as fast as two on a quiet
+    2-core machine, and several times faster when other work shares the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def gratings(tmp_path_factory) -> Path:
     return make_gratings(tmp_path_factory.mktemp("gratings"))
@@ -201,6 +211,23 @@ def test_data_errors(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "one" / "happy" / "a.png")
     with pytest.raises(TrainError, match=r"training needs at least 2 labels, found \['happy'\]"):
         load_data(tmp_path / "one")
+    (tmp_path / "one" / "happy" / "b.png").write_bytes(b"not a png")
+    with pytest.raises(TrainError, match=r"cannot read image .*b.png: "):
+        load_image(tmp_path / "one" / "happy" / "b.png", 32, "rgb")
+    d = tmp_path / "DATA"
+    d.mkdir()
+    write_table(d / "clean.arrow", pa.Table.from_pylist([{"path": "x.png", "label": "a"}]))
+    with pytest.raises(TrainError, match=r"clean.arrow lacks column\(s\) \['keep'\]; re-run exe-stream data clean"):
+        load_data(d)
+    write_table(d / "clean.arrow", pa.Table.from_pylist([{"path": "x.png", "label": "a", "keep": False}]))
+    with pytest.raises(TrainError, match=r"clean.arrow: no rows with keep = true \(1 rows, all dropped\)"):
+        load_data(d)
+    write_table(d / "clean.arrow", pa.Table.from_pylist([{"path": "x.png", "label": "a", "keep": True}]))
+    with pytest.raises(TrainError, match=r"clean.arrow: crop .*x.png does not exist; re-run exe-stream data extract and clean"):
+        load_data(d)
+    (d / "clean.arrow").write_bytes(b"garbage")
+    with pytest.raises(TrainError, match=r"cannot read .*clean.arrow: "):
+        load_data(d)
 
 
 # Resume -------------------------------------------------------------------------------------
@@ -428,6 +455,64 @@ def test_recipe_train_table_errors(tmp_path):
     assert c.epochs == 3 and c.labels == ("a", "b") and c.device == "cpu" and c.autoencoder is None
 
 
+@pytest.mark.parametrize("table, message", [
+    ({"weights": ""}, r"weights must be 'imagenet', 'none' or a path to a .safetensors file or model directory"),
+    ({"trainable_blocks": -2}, r"trainable_blocks must be -1 \(all\) or >= 0, got -2"),
+    ({"input_size": 8}, r"input_size must be in \[16, 1024\], got 8"),
+    ({"crop_margin": 3.0}, r"crop_margin must be in \[0, 2\], got 3.0"),
+    ({"labels": ["a", "a"]}, r"labels must be unique, got \['a', 'a'\]"),
+    ({"labels": ["a", ""]}, r"labels must be an array of non-empty strings"),
+    ({"lr": 0}, r"lr must be > 0, got 0.0"),
+    ({"gamma": -1}, r"gamma must be > 0, got -1.0"),
+    ({"momentum": 1.0}, r"weight_decay must be >= 0 and momentum in \[0, 1\), got 0.0, 1.0"),
+    ({"batch_size": 0}, r"batch_size must be >= 1, got 0"),
+    ({"step_size": 0}, r"step_size must be >= 1, got 0"),
+    ({"extra_dense": -1}, r"extra_dense and num_workers must be >= 0, got -1, 0"),
+    ({"dropout": 1.0}, r"dropout and label_smoothing must be in \[0, 1\), got 1.0, 0.0"),
+    ({"val_fraction": 0.0}, r"val_fraction must be in \(0, 1\), got 0.0"),
+    ({"optimizer": "lion"}, r"optimizer must be one of adam, adamw, sgd; got 'lion'"),
+    ({"schedule": "linear"}, r"schedule must be one of none, cosine, step; got 'linear'"),
+    ({"imbalance": "oversample"}, r"imbalance must be one of none, class_weights, resample; got 'oversample'"),
+    ({"metric": "f1"}, r"metric must be one of macro_f1, accuracy; got 'f1'"),
+    ({"device": "tpu"}, r"device must be one of auto, cpu, cuda; got 'tpu'"),
+    ({"colour": "bgr"}, r"colour must be one of rgb, gray; got 'bgr'"),
+    ({"mlflow": "on"}, r"mlflow must be one of auto, off; got 'on'"),
+    ({"architecture": "conv_autoencoder", "weights": "none", "extra_dense": 8},
+     r"extra_dense is for the torchvision backbones, not 'conv_autoencoder'"),
+    ({"architecture": "conv_autoencoder", "weights": "none", "autoencoder": {"epochs": 0}},
+     r"autoencoder.epochs must be >= 1, got 0"),
+    ({"architecture": "conv_autoencoder", "weights": "none", "autoencoder": {"lr": 0}},
+     r"autoencoder.lr must be > 0, got 0.0"),
+    ({"architecture": "conv_autoencoder", "weights": "none", "autoencoder": {"batch_size": 0}},
+     r"autoencoder.batch_size must be >= 1, got 0"),
+    ({"architecture": "conv_autoencoder", "weights": "none", "autoencoder": {"labelled_fraction": 1.5}},
+     r"autoencoder.labelled_fraction must be in \(0, 1\], got 1.5"),
+])
+def test_train_value_errors_name_the_key_and_what_is_allowed(table, message):
+    with pytest.raises(RecipeError, match=r"^recipe r.toml \[train\]: " + message):
+        config_from_table(table, "recipe r.toml [train]")
+
+
+def test_autoencoder_unlabelled_folder_errors(gratings, tmp_path):
+    from exe_stream.train import AutoencoderConfig
+
+    def cfg(folder):
+        return tiny(architecture="conv_autoencoder", autoencoder=AutoencoderConfig(epochs=1, unlabelled=str(folder)))
+
+    with pytest.raises(TrainError, match=r"autoencoder.unlabelled: .*nowhere is not a directory of face crops"):
+        train(cfg(tmp_path / "nowhere"), gratings, tmp_path / "a")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainError, match=r"autoencoder.unlabelled: no .png, .jpg, .jpeg images under "):
+        train(cfg(tmp_path / "empty"), gratings, tmp_path / "b")
+    data = load_data(gratings)
+    _, val = split_samples(data, 0.2, 0)
+    (tmp_path / "val").mkdir()
+    for i in val:
+        shutil.copy(data.samples[i].path, tmp_path / "val")
+    with pytest.raises(TrainError, match=r"every image under .*val is a validation image"):
+        train(cfg(tmp_path / "val"), gratings, tmp_path / "c")
+
+
 def test_bundled_recipes_and_grid_parse():
     grid = load_grid(ROOT / "training" / "grids" / "transfer-12.toml")
     assert len(grid.variants) == 12 and len({v.name for v in grid.variants}) == 12
@@ -493,6 +578,36 @@ trainable_blocks = 0
     bad.write_text('[train]\n[grid]\n[[grid.variants]]\nname = "x"\nlearning_rate = 1\n')
     with pytest.raises(RecipeError, match=r"\[grid.variants\] #1: unknown key 'learning_rate'"):
         load_grid(bad)
+    bad.write_text('[train]\n[grid]\n[[grid.variants]]\nname = "a b"\n')
+    with pytest.raises(RecipeError, match=r"#1: name must be a string of letters, digits, '.', '_', '-' "
+                                          r"\(the variant's directory\), got 'a b'"):
+        load_grid(bad)
+    bad.write_text('[train]\n[grid]\nrecipes = "x"\n')
+    with pytest.raises(RecipeError, match=r"\[grid\]: unknown key 'recipes'; allowed: recipe, variants"):
+        load_grid(bad)
+    bad.write_text('[train]\n[grid]\nvariants = []\n')
+    with pytest.raises(RecipeError, match=r"variants must be a non-empty array of tables \(\[\[grid.variants\]\]\)"):
+        load_grid(bad)
+    bad.write_text('[train]\n')
+    with pytest.raises(RecipeError, match=r"a grid needs a \[grid\] table with \[\[grid.variants\]\]"):
+        load_grid(bad)
+    bad.write_text('[grid]\n[[grid.variants]]\nname = "x"\n')
+    with pytest.raises(RecipeError, match=r"no data_dir; add data_dir = \"DIR\" or give --data DIR"):
+        run_grid(bad, None, tmp_path / "o2")
+
+
+def test_a_failing_variant_is_recorded_and_the_grid_goes_on(gratings, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'data_dir = "{gratings}"\n[train]\nweights = "none"\n[grid]\n'
+                    f'[[grid.variants]]\nname = "missing"\nweights = "{tmp_path / "w.safetensors"}"\n'
+                    f'[[grid.variants]]\nname = "pickled"\nweights = "{tmp_path / "w.pt"}"\n')
+    (tmp_path / "w.pt").write_bytes(b"x")
+    result = run_grid(grid, None, tmp_path / "out")
+    assert not result.ok and [r["status"] for r in result.rows] == ["failed", "failed"]
+    assert "do not exist" in result.rows[0]["reason"] and "pickled checkpoint" in result.rows[1]["reason"]
+    assert "| missing | weights=" in result.markdown_path.read_text()
+    r = runner.invoke(app, ["train", "--grid", str(grid), "-o", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 1 and "failed:" in r.output
 
 
 # Autoencoder ----------------------------------------------------------------------------------
@@ -549,6 +664,20 @@ def test_mlflow_logs_when_importable_and_never_stops_training(gratings, tmp_path
     fake.start_run = down
     record = train(tiny(epochs=1, mlflow="auto", seed=2), gratings, tmp_path / "c")
     assert len(record.epochs) == 1
+
+
+def test_cli_train_interrupted(gratings, tmp_path, monkeypatch):
+    import exe_stream.train as train_pkg
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_pkg, "train", ctrl_c)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'data_dir = "{gratings}"\n[train]\nweights = "none"\n')
+    r = runner.invoke(app, ["train", str(recipe), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 130
+    assert "interrupted: the finished epochs are kept; run the same command again to resume" in " ".join(r.output.split())
 
 
 def test_cli_train(gratings, tmp_path):

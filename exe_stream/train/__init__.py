@@ -6,7 +6,8 @@
 - ``network``: architectures, starting weights (imagenet / none / safetensors), trainable blocks;
 - ``loop``: ``train(config, data, out_dir) -> RunRecord``, resumable, writing a model card;
 - ``grid``: ``run_grid`` trains a list of variants and writes a results table;
-- ``autoencoder``: convolutional autoencoder pretraining for the semi-supervised study.
+- ``autoencoder``: convolutional autoencoder pretraining for the semi-supervised study;
+- ``harvest``: a scan's faces cut again as unlabelled crops (``exe-stream data harvest``).
 """
 
 from __future__ import annotations
