@@ -78,10 +78,10 @@ import numpy as np
 import torch
 
 from ..errors import DecodeError
-from ..sampling import SamplingOptions, select_frames
+from ..sampling import SamplingOptions
 from ..types import FilmInfo, FrameBatch
 from .planes import apply_display_ops, rgb_to_i420, ycbcr444_to_i420
-from .pyav import PyAVDecoder
+from .pyav import PyAVDecoder, sampled_frames
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130"
 
@@ -192,12 +192,8 @@ class DaliDecoder:
             raise DecodeError(path, f"DALI needs the container's timestamps to number frames "
                               f"({index.fallback}); use --decoder pyav")
         pres_pts = index.pts[index.order]
-        pres_key = index.keyframe[index.order]
-        targets = select_frames(pres_pts.tolist(), pres_key.tolist(), index.time_base, sampling)
+        targets = sampled_frames(path, index, sampling)
         if not targets:
-            if sampling.mode == "keyframe":
-                raise DecodeError(path, "keyframe sampling: the stream marks no keyframes; "
-                                  "use exact sampling")
             return
         # DALI's frame numbers: presentation order of the packets with pts >= 0.
         shift = int(np.count_nonzero(pres_pts < 0))

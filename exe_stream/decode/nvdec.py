@@ -50,10 +50,10 @@ import numpy as np
 import torch
 
 from ..errors import DecodeError
-from ..sampling import SamplingOptions, select_frames
+from ..sampling import SamplingOptions
 from ..types import FilmInfo, FrameBatch
 from .planes import apply_display_ops, nv12_views
-from .pyav import PyAVDecoder
+from .pyav import PyAVDecoder, sampled_frames
 
 INSTALL_HINT = "pip install pynvvideocodec"
 
@@ -210,13 +210,8 @@ class NvdecDecoder:
         if not index.ordered:
             raise DecodeError(path, f"NVDEC frame access needs the container's timestamps "
                               f"({index.fallback}); use --decoder pyav")
-        pres_pts = index.pts[index.order]
-        pres_key = index.keyframe[index.order]
-        targets = select_frames(pres_pts.tolist(), pres_key.tolist(), index.time_base, sampling)
+        targets = sampled_frames(path, index, sampling)
         if not targets:
-            if sampling.mode == "keyframe":
-                raise DecodeError(path, "keyframe sampling: the stream marks no keyframes; "
-                                  "use exact sampling")
             return
         yielded = 0
         try:

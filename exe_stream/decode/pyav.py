@@ -830,6 +830,17 @@ class _RunWorkers:
 # The decoder ---------------------------------------------------------------------------
 
 
+def sampled_frames(path: Path, index: _Index, sampling: SamplingOptions) -> list[int]:
+    """The presentation indices ``sampling`` picks from a film's demux index (empty when none).
+    Raises DecodeError for keyframe sampling of a stream that marks no keyframes."""
+    pres_pts = index.pts[index.order]
+    pres_key = index.keyframe[index.order]
+    targets = select_frames(pres_pts.tolist(), pres_key.tolist(), index.time_base, sampling)
+    if not targets and sampling.mode == "keyframe":
+        raise DecodeError(path, "keyframe sampling: the stream marks no keyframes; use exact sampling")
+    return targets
+
+
 class PyAVDecoder:
     """Decoder backend "pyav": CPU decoding with PyAV, yielding CPU uint8 FrameBatches.
 
@@ -1031,13 +1042,8 @@ class PyAVDecoder:
         """Sampled frames of a film whose presentation order is known from the demux pass."""
         pres_of_dec = np.empty(index.n, dtype=np.int64)
         pres_of_dec[index.order] = np.arange(index.n)
-        pres_pts = index.pts[index.order]
-        pres_key = index.keyframe[index.order]
-        targets = select_frames(pres_pts.tolist(), pres_key.tolist(), index.time_base, sampling)
+        targets = sampled_frames(path, index, sampling)
         if not targets:
-            if sampling.mode == "keyframe":
-                raise DecodeError(path, "keyframe sampling: the stream marks no keyframes; "
-                                  "use exact sampling")
             return
         target_dec = sorted(int(index.order[p]) for p in targets)
         is_target = np.zeros(index.n, dtype=bool)
