@@ -255,21 +255,34 @@ def print_stats(result) -> None:
         out_console.print(f"[yellow]note:[/] {escape(note)}")
 
 
+# Options shared by `stats` and `report` (the per-film measure and the comparison).
+_MEASURE_OPT = typer.Option("label", "--measure", help="label (share of faces with that top label) | prob (mean probability)")
+_PER_OPT = typer.Option("faces", "--per", help="faces | frames: the denominator of each film's measure.")
+_MIN_CONFIDENCE_OPT = typer.Option(0.0, "--min-confidence", help="Drop faces whose top-class probability is below this.")
+_MIN_FACE_AREA_OPT = typer.Option(0.0, "--min-face-area", help="Drop faces whose box covers less than this fraction of the frame.")
+_LARGEST_ONLY_OPT = typer.Option(False, "--largest-only", help="Count only the largest face of each frame.")
+_CORRECTION_OPT = typer.Option("holm", "--correction", help="holm | bh: p-value correction across emotions.")
+_BOOTSTRAP_OPT = typer.Option(10000, "--bootstrap", help="Bootstrap resamples for the 95% interval (0: none).")
+_SEED_OPT = typer.Option(0, "--seed", help="Bootstrap seed.")
+_BY_OPT = typer.Option(None, "--by", help="Also compare within each group of this metadata column (e.g. genre).")
+_METADATA_OPT = typer.Option(None, "--metadata", help="film_id/title/genre CSV or JSON (adds to the scan's).")
+
+
 @app.command("stats")
 def stats_cmd(
     out: Path = typer.Argument(..., help="A scan's output directory."),
     a: Optional[str] = typer.Option(None, "--a", help="Model A (default: the first of the scan's two models)."),
     b: Optional[str] = typer.Option(None, "--b", help="Model B (default: the second of the scan's two models)."),
-    measure: str = typer.Option("label", "--measure", help="label (share of faces with that top label) | prob (mean probability)"),
-    per: str = typer.Option("faces", "--per", help="faces | frames: the denominator of each film's measure."),
-    min_confidence: float = typer.Option(0.0, "--min-confidence", help="Drop faces whose top-class probability is below this."),
-    min_face_area: float = typer.Option(0.0, "--min-face-area", help="Drop faces whose box covers less than this fraction of the frame."),
-    largest_only: bool = typer.Option(False, "--largest-only", help="Count only the largest face of each frame."),
-    correction: str = typer.Option("holm", "--correction", help="holm | bh: p-value correction across emotions."),
-    bootstrap: int = typer.Option(10000, "--bootstrap", help="Bootstrap resamples for the 95% interval (0: none)."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    by: Optional[str] = typer.Option(None, "--by", help="Also compare within each group of this metadata column (e.g. genre)."),
-    metadata: Optional[Path] = typer.Option(None, "--metadata", help="film_id/title/genre CSV or JSON (adds to the scan's)."),
+    measure: str = _MEASURE_OPT,
+    per: str = _PER_OPT,
+    min_confidence: float = _MIN_CONFIDENCE_OPT,
+    min_face_area: float = _MIN_FACE_AREA_OPT,
+    largest_only: bool = _LARGEST_ONLY_OPT,
+    correction: str = _CORRECTION_OPT,
+    bootstrap: int = _BOOTSTRAP_OPT,
+    seed: int = _SEED_OPT,
+    by: Optional[str] = _BY_OPT,
+    metadata: Optional[Path] = _METADATA_OPT,
     fmt: str = typer.Option("table", "--format", help="table | csv | json | arrow"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write csv/json/arrow here instead of stdout (with table: the JSON too)."),
 ) -> None:
@@ -314,16 +327,16 @@ def report_cmd(
     out_dir: Optional[Path] = typer.Option(None, "-o", "--out", help="Where the PNGs and report.html go (default OUT/report)."),
     a: Optional[str] = typer.Option(None, "--a", help="Model A (default: the scan's models when it holds one or two)."),
     b: Optional[str] = typer.Option(None, "--b", help="Model B (leave out, with one model in the scan, for a one-model report)."),
-    measure: str = typer.Option("label", "--measure", help="label (share of faces with that top label) | prob (mean probability)"),
-    per: str = typer.Option("faces", "--per", help="faces | frames: the denominator of each film's measure."),
-    min_confidence: float = typer.Option(0.0, "--min-confidence", help="Drop faces whose top-class probability is below this."),
-    min_face_area: float = typer.Option(0.0, "--min-face-area", help="Drop faces whose box covers less than this fraction of the frame."),
-    largest_only: bool = typer.Option(False, "--largest-only", help="Count only the largest face of each frame."),
-    correction: str = typer.Option("holm", "--correction", help="holm | bh: p-value correction across emotions."),
-    bootstrap: int = typer.Option(10000, "--bootstrap", help="Bootstrap resamples for the 95% interval (0: none)."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    by: Optional[str] = typer.Option(None, "--by", help="Also compare within each group of this metadata column (e.g. genre)."),
-    metadata: Optional[Path] = typer.Option(None, "--metadata", help="film_id/title/genre CSV or JSON (adds to the scan's)."),
+    measure: str = _MEASURE_OPT,
+    per: str = _PER_OPT,
+    min_confidence: float = _MIN_CONFIDENCE_OPT,
+    min_face_area: float = _MIN_FACE_AREA_OPT,
+    largest_only: bool = _LARGEST_ONLY_OPT,
+    correction: str = _CORRECTION_OPT,
+    bootstrap: int = _BOOTSTRAP_OPT,
+    seed: int = _SEED_OPT,
+    by: Optional[str] = _BY_OPT,
+    metadata: Optional[Path] = _METADATA_OPT,
     window: Optional[int] = typer.Option(None, "--window", help="Sampled frames per rolling window in the timelines (default: about 1/25 of each film)."),
 ) -> None:
     """Plots (PNG) and one self-contained HTML page: shares, timelines, face sizes, model differences."""
