@@ -1,9 +1,10 @@
 """Face embeddings: each face's penultimate-layer activations, captured during classification.
 
-``scan --embeddings`` stores them beside the v1 shards, in a separate dataset that leaves the
-shard contract untouched::
+``scan --embeddings`` stores them beside the shards, in a separate dataset that leaves the
+shard contract untouched (layout as the faces dataset, see ``shards``)::
 
-    OUT/embeddings/film_id=<id>/model_id=<model>/part-0.arrow   (model id URI-encoded)
+    OUT/embeddings/<model_id>/<film_id>.parquet   (model id URI-encoded; schema 1 scans:
+                                                   embeddings/film_id=<id>/model_id=<model>/part-0.arrow)
 
 columns ``film_id`` (string), ``frame_index`` (int64), ``face_index`` (int16) and ``embedding``
 (fixed_size_list<float32>[D]); one row per row of the matching faces shard, in the same order.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .models import EmotionModel
-from .shards import SCHEMA_VERSION, read_table, shard_metadata, write_table
+from .shards import READABLE_VERSIONS, find_shards, read_table, shard_metadata, shard_path, write_table
 
 EMBEDDINGS_DIR = "embeddings"
 
@@ -82,8 +82,7 @@ def capture_embeddings(model: EmotionModel) -> Iterator[_Capture]:
 
 
 def embeddings_path(out: str | os.PathLike, film_id: str, model_id: str) -> Path:
-    enc = urllib.parse.quote(model_id, safe="")
-    return Path(out) / EMBEDDINGS_DIR / f"film_id={film_id}" / f"model_id={enc}" / "part-0.arrow"
+    return shard_path(Path(out), EMBEDDINGS_DIR, film_id, model_id)
 
 
 def embeddings_table(
@@ -125,23 +124,22 @@ def write_embeddings(
 
 def remove_embeddings(out: Path, film_id: str) -> None:
     """Delete every embeddings shard of a film."""
-    for p in Path(out).glob(f"{EMBEDDINGS_DIR}/film_id={film_id}/model_id=*/part-0.arrow"):
-        p.unlink()
+    for s in find_shards(Path(out), EMBEDDINGS_DIR, film_id=film_id):
+        s.path.unlink(missing_ok=True)
 
 
 def read_embeddings(out: str | os.PathLike, model_id: str) -> tuple[pa.Table, np.ndarray]:
     """Every film's embeddings for one model: (table of film_id, frame_index, face_index;
     float32 [N, D] array), films in id order."""
-    enc = urllib.parse.quote(model_id, safe="")
-    paths = sorted(Path(out).glob(f"{EMBEDDINGS_DIR}/film_id=*/model_id={enc}/part-0.arrow"))
+    paths = [s.path for s in find_shards(Path(out), EMBEDDINGS_DIR, model_id=model_id)]
     if not paths:
         raise FileNotFoundError(
             f"no embeddings for model {model_id!r} under {out}; scan with --embeddings first"
         )
     tables = [read_table(p) for p in paths]
     for p, t in zip(paths, tables):
-        if (t.schema.metadata or {}).get(b"exe_stream.schema", b"").decode() != SCHEMA_VERSION:
-            raise ValueError(f"{p}: not an exe-stream schema {SCHEMA_VERSION} embeddings shard")
+        if (t.schema.metadata or {}).get(b"exe_stream.schema", b"").decode() not in READABLE_VERSIONS:
+            raise ValueError(f"{p}: not an exe-stream embeddings shard (schema {', '.join(READABLE_VERSIONS)})")
     # Films without faces carry no rows (and, written before any face was seen, size 0).
     tables = [t for t in tables if t.num_rows] or tables[:1]
     dims = {t.schema.field("embedding").type.list_size for t in tables}

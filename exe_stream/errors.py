@@ -27,3 +27,20 @@ class ModelError(ExeStreamError):
 
 class StatsError(ExeStreamError):
     """A comparison cannot be made: unknown model, no shared classes, no paired films, ..."""
+
+
+class DiskFullError(ExeStreamError):
+    """The output's file system ran out of space (ENOSPC) while writing ``path``.
+
+    Every file the package writes goes to a temporary name first and is renamed when complete,
+    so what exists is whole and a re-run of the same command resumes; the temporary file is
+    removed before this is raised.
+    """
+
+    def __init__(self, path: str, written: str = "") -> None:
+        self.path = str(path)
+        self.written = written
+        where = f"the disk holding {self.path} is full"
+        done = f"; {written}" if written else ""
+        super().__init__(f"{where}{done}; nothing written is incomplete: free some space and run the same "
+                         "command again to resume")

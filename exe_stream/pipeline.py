@@ -27,12 +27,12 @@ from .classify import classify_faces
 from .decode import find_videos, get_decoder
 from .detect import DetectorOptions, detect_faces
 from .engines import EngineError, EngineProfile, attach_engine, engine_key, load_profile, resolve_engine
-from .errors import DecodeError
+from .errors import DecodeError, DiskFullError
 from .models import EmotionModel, load_model, resolve_device
 from .sampling import SamplingOptions
 from .shards import (
-    Manifest, done_shards_exist, remove_film_shards, faces_path, faces_table, fingerprint, frames_path,
-    frames_table, shard_metadata, write_table,
+    FRAMES_SCHEMA, SCHEMA_VERSION, Manifest, declare_schema, done_shards_exist, faces_path, faces_schema,
+    faces_table, fingerprint, frames_path, frames_table, remove_film_shards, shard_metadata, write_table,
 )
 from .embeddings import embeddings_path, remove_embeddings, write_embeddings
 from .types import FaceBatch, FrameBatch
@@ -555,6 +555,13 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
     key = _options_key(opts, models, decoder_name, None if opts.embeddings else engine_key(engine, device, profile))
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(out)
+    if manifest.version != SCHEMA_VERSION and manifest.films:
+        raise ValueError(f"{out} holds a schema {manifest.version} scan (an older exe-stream); scan into a new "
+                         f"directory (stats and report still read this one)")
+    # The union schema of each dataset grows before files with new columns are written.
+    declare_schema(out, "frames", FRAMES_SCHEMA)
+    for m in models:
+        declare_schema(out, "faces", faces_schema(m.labels))
     manifest.scans.append({
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "exe_stream_version": __version__,
         "options": json.loads(json.dumps(asdict(opts), default=str)), "options_key": key,
@@ -562,7 +569,6 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
         "device": str(device), "engine": engine, "engine_profile": profile.settings(), "films": len(films),
     })
     results: dict[int, FilmResult] = {}
-    taken: set[str] = set()
     # Several films may decode at once (--films-at-once); each is recorded as it finishes.
     at_once = _FilmsAtOnce(_films_at_once(opts, decoder_name, device, films))
 
@@ -578,6 +584,20 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
         if on_film_end:
             on_film_end(res)
 
+    try:
+        _scan_films(films, out, opts, models, decoder_name, device, key, manifest, at_once, record,
+                    on_film_start, on_frames, on_film_frames)
+    except DiskFullError as e:
+        finished = sum(r.status in ("done", "partial", "skipped") for r in results.values())
+        raise DiskFullError(e.path, f"{finished} of {len(films)} films finished before it and are in "
+                                    f"{manifest.path}") from e
+    return ScanResult(out=out, films=[results[i] for i in range(len(films))])
+
+
+def _scan_films(films, out, opts, models, decoder_name, device, key, manifest, at_once, record,
+                on_film_start, on_frames, on_film_frames) -> None:
+    """Scan (or skip, when resuming) each film; ``record`` gets each one as it finishes."""
+    taken: set[str] = set()
     for i, path in enumerate(films):
         at_once.wait_for_slot()
         film_id = manifest.film_id_for(path, taken)
@@ -606,7 +626,6 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
             )
     at_once.finish()
     manifest.save()
-    return ScanResult(out=out, films=[results[i] for i in range(len(films))])
 
 
 def _frames_callback(film_id: str, on_frames: Callable[[int, int], None] | None,

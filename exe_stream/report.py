@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .atomic import atomic_write_text
 from . import __version__
 from .errors import StatsError
 from .shards import Manifest, prob_column, read_faces, read_frames
@@ -981,7 +982,5 @@ def report(
 
     page = out_dir / "report.html"
     text = render_html(view, opts, result, notes, figures, window_text)
-    tmp = page.with_name(f".{page.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(page)
+    atomic_write_text(page, text)
     return ReportResult(out_dir=out_dir, html=page, plots=plots, models=models, compared=result is not None)

@@ -1,13 +1,25 @@
-"""Arrow timeline shards and the scan manifest (schema version 1, DESIGN.md "Shards").
+"""Timeline shards and the scan manifest (DESIGN.md "Shards").
 
-Layout under a scan's output directory::
+Layout under a scan's output directory, schema version 2 (written since exe-stream 0.2)::
 
     OUT/manifest.json
-    OUT/frames/film_id=<id>/part-0.arrow
-    OUT/faces/film_id=<id>/model_id=<model>/part-0.arrow   (model id URI-encoded)
+    OUT/frames/<film_id>.parquet                 one row per sampled frame
+    OUT/faces/<model_id>/<film_id>.parquet       one row per face per model (model id URI-encoded)
+    OUT/frames/_common_metadata, OUT/faces/_common_metadata
+                                                 the union schema of every file in the dataset
 
-Every file is written to a temporary name in its directory and renamed, so a shard or
-manifest that exists is complete.
+Version 2 keeps version 1's columns and their meaning; only the files changed: Parquet with
+zstd (DuckDB, Spark and BigQuery read it natively, and it is smaller than plain Arrow IPC),
+and directory names that carry no ``key=value`` (hive) partition, so no reader guesses a type
+from a path: a film id ``2019`` stays the string it is in the files, where ``film_id`` and
+``model_id`` are ordinary columns. Models with different label sets have different
+``prob_<class>`` columns; ``_common_metadata`` holds the union of the dataset's columns, so a
+reader given that schema fills the missing ones with nulls instead of dropping them (see
+the README's one-liners). Version 1 scans (``film_id=<id>/part-0.arrow``, Arrow IPC) are
+still read by every function here.
+
+Every file is written to a temporary name in its directory and renamed (``atomic``), so a shard
+or manifest that exists is complete.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -25,10 +38,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from . import __version__
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Schema versions this module reads (manifest and shards).
+READABLE_VERSIONS = ("1", "2")
+# The datasets of a scan: frames (one file per film) and faces (one directory per model).
+DATASETS = ("frames", "faces")
+COMMON_SCHEMA_FILE = "_common_metadata"
 FRAME_COLUMNS = ("film_id", "frame_index", "pts_seconds", "is_keyframe", "n_faces")
 FACE_BASE_COLUMNS = (
     "film_id", "model_id", "frame_index", "pts_seconds", "face_index",
@@ -82,36 +101,107 @@ def shard_metadata(**values: Any) -> dict[bytes, bytes]:
     return {k.encode(): v.encode() for k, v in meta.items()}
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_table(path: Path, table: pa.Table) -> None:
-    """Write an Arrow IPC file atomically (temporary name in the same directory, then rename)."""
+    """Write a table atomically: Parquet (zstd) for a ``.parquet`` path, else Arrow IPC."""
+    from .atomic import atomic_write
+
+    if Path(path).suffix == ".parquet":
+        atomic_write(path, lambda tmp: pq.write_table(table, str(tmp), compression="zstd"))
+        return
 
     def write(tmp: Path) -> None:
         with ipc.new_file(str(tmp), table.schema) as writer:
             writer.write_table(table)
 
-    _atomic_write_bytes(path, write)
+    atomic_write(path, write)
+
+
+def _model_dir(model_id: str) -> str:
+    return urllib.parse.quote(model_id, safe="")
+
+
+def shard_path(out: Path, dataset: str, film_id: str, model_id: str | None = None) -> Path:
+    """Where a (schema 2) shard goes: ``OUT/<dataset>/[<model_id>/]<film_id>.parquet``."""
+    base = Path(out) / dataset
+    if model_id is not None:
+        base = base / _model_dir(model_id)
+    return base / f"{film_id}.parquet"
 
 
 def frames_path(out: Path, film_id: str) -> Path:
-    return Path(out) / "frames" / f"film_id={film_id}" / "part-0.arrow"
+    return shard_path(out, "frames", film_id)
 
 
 def faces_path(out: Path, film_id: str, model_id: str) -> Path:
-    enc = urllib.parse.quote(model_id, safe="")
-    return Path(out) / "faces" / f"film_id={film_id}" / f"model_id={enc}" / "part-0.arrow"
+    return shard_path(out, "faces", film_id, model_id)
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One shard file found under a scan: its film, model (None for per-film datasets), path
+    and the schema version of its layout."""
+
+    film_id: str
+    model_id: str | None
+    path: Path
+    version: str
+
+
+def find_shards(out: Path, dataset: str, model_id: str | None = None, film_id: str | None = None,
+                per_model: bool | None = None) -> list[ShardFile]:
+    """Every shard of ``dataset`` under the scan ``out`` (schema 2 and schema 1 layouts), sorted
+    by (model, film); ``model_id``/``film_id`` select. ``per_model``: whether the dataset has a
+    directory per model (default: every dataset but ``frames``)."""
+    root = Path(out) / dataset
+    per_model = dataset != "frames" if per_model is None else per_model
+    found: list[ShardFile] = []
+    if per_model:
+        dirs = [root / _model_dir(model_id)] if model_id is not None else sorted(root.glob("*"))
+        for d in dirs:
+            if not d.is_dir() or d.name.startswith("film_id="):
+                continue
+            pattern = f"{film_id}.parquet" if film_id is not None else "*.parquet"
+            found += [ShardFile(p.stem, urllib.parse.unquote(d.name), p, "2") for p in d.glob(pattern)]
+        v1 = root.glob(f"film_id={film_id or '*'}/model_id={_model_dir(model_id) if model_id else '*'}/part-0.arrow")
+        found += [ShardFile(p.parent.parent.name.split("=", 1)[1], urllib.parse.unquote(p.parent.name.split("=", 1)[1]),
+                            p, "1") for p in v1]
+    else:
+        found += [ShardFile(p.stem, None, p, "2") for p in root.glob(f"{film_id or '*'}.parquet")]
+        found += [ShardFile(p.parent.name.split("=", 1)[1], None, p, "1")
+                  for p in root.glob(f"film_id={film_id or '*'}/part-0.arrow")]
+    return sorted(found, key=lambda s: (s.model_id or "", s.film_id))
+
+
+def existing_frames_path(out: Path, film_id: str) -> Path | None:
+    """The frames shard of a film in either layout, or None."""
+    found = find_shards(out, "frames", film_id=film_id)
+    return found[0].path if found else None
+
+
+_schema_lock = threading.Lock()
+
+
+def declare_schema(out: Path, dataset: str, schema: pa.Schema) -> None:
+    """Add ``schema``'s columns to the dataset's union schema (``OUT/<dataset>/_common_metadata``),
+    before files with those columns are written. Readers given that schema see every column of
+    every file. Written by one process (the scan's driver); a no-op when nothing is new."""
+    path = Path(out) / dataset / COMMON_SCHEMA_FILE
+    plain = schema.remove_metadata()
+    with _schema_lock:
+        old = pq.read_schema(str(path)) if path.exists() else None
+        merged = plain if old is None else pa.unify_schemas([old.remove_metadata(), plain])
+        if old is not None and merged.equals(old.remove_metadata()):
+            return
+        merged = merged.with_metadata({b"exe_stream.schema": SCHEMA_VERSION.encode()})
+        from .atomic import atomic_write
+
+        atomic_write(path, lambda tmp: pq.write_metadata(merged, str(tmp)))
+
+
+def common_schema(out: Path, dataset: str) -> pa.Schema | None:
+    """The dataset's union schema, or None for a scan without one (schema 1)."""
+    path = Path(out) / dataset / COMMON_SCHEMA_FILE
+    return pq.read_schema(str(path)) if path.exists() else None
 
 
 def frames_table(film_id: str, frame_index, pts_seconds, is_keyframe, n_faces, metadata) -> pa.Table:
@@ -162,26 +252,45 @@ def faces_table(
 
 
 def read_table(path: Path) -> pa.Table:
-    """Read one shard file (Arrow IPC)."""
+    """Read one shard file (Parquet, or schema 1's Arrow IPC)."""
+    if Path(path).suffix == ".parquet":
+        return pq.read_table(str(path))
     with ipc.open_file(str(path)) as reader:
         return reader.read_all()
 
 
+def read_schema(path: Path) -> pa.Schema:
+    """The schema (with its metadata) of one shard file, without reading its rows."""
+    if Path(path).suffix == ".parquet":
+        return pq.read_schema(str(path))
+    with ipc.open_file(str(path)) as reader:
+        return reader.schema
+
+
+def _concat(tables: list[pa.Table], empty: pa.Schema) -> pa.Table:
+    """Tables of one dataset in one table: the union of their columns (a column a file lacks is
+    null there, never dropped), the schema metadata of the first."""
+    if not tables:
+        return empty.empty_table()
+    plain = [t.replace_schema_metadata(None) for t in tables]
+    joined = pa.concat_tables(plain, promote_options="permissive")
+    return joined.replace_schema_metadata(tables[0].schema.metadata)
+
+
 def read_frames(out: Path) -> pa.Table:
-    """All frames shards of a scan, concatenated (schema metadata of the first)."""
-    paths = sorted(Path(out).glob("frames/film_id=*/part-0.arrow"))
-    if not paths:
-        return FRAMES_SCHEMA.empty_table()
-    return pa.concat_tables([read_table(p) for p in paths], promote_options="none")
+    """All frames shards of a scan in one table, films in id order."""
+    return _concat([read_table(s.path) for s in find_shards(out, "frames")], FRAMES_SCHEMA)
 
 
-def read_faces(out: Path, model_id: str) -> pa.Table:
-    """All faces shards of one model in a scan, concatenated."""
-    enc = urllib.parse.quote(model_id, safe="")
-    paths = sorted(Path(out).glob(f"faces/film_id=*/model_id={enc}/part-0.arrow"))
-    if not paths:
-        raise FileNotFoundError(f"no faces shards for model {model_id!r} under {out}")
-    return pa.concat_tables([read_table(p) for p in paths])
+def read_faces(out: Path, model_id: str | None = None) -> pa.Table:
+    """All faces shards of a scan in one table (one model's, or every model's when
+    ``model_id`` is None), with the union of the models' ``prob_<class>`` columns: a class a
+    model does not have is null in its rows. Rows in (model, film) order."""
+    shards = find_shards(out, "faces", model_id=model_id)
+    if not shards:
+        what = f"model {model_id!r}" if model_id is not None else "any model"
+        raise FileNotFoundError(f"no faces shards for {what} under {out}")
+    return _concat([read_table(s.path) for s in shards], faces_schema(()))
 
 
 def slugify(name: str) -> str:
@@ -211,6 +320,8 @@ class Manifest:
     out: Path
     films: dict[str, dict[str, Any]] = field(default_factory=dict)
     scans: list[dict[str, Any]] = field(default_factory=list)
+    # Schema version of the scan this manifest describes (a new one: SCHEMA_VERSION).
+    version: str = SCHEMA_VERSION
 
     @property
     def path(self) -> Path:
@@ -225,9 +336,11 @@ class Manifest:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}: manifest is not valid JSON ({e})") from e
-        if str(data.get("schema")) != SCHEMA_VERSION:
-            raise ValueError(f"{p}: manifest schema {data.get('schema')!r}, expected {SCHEMA_VERSION!r}")
-        return cls(Path(out), films=data.get("films", {}), scans=data.get("scans", []))
+        version = str(data.get("schema"))
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"{p}: manifest schema {data.get('schema')!r}; this version of exe-stream reads "
+                             f"{', '.join(READABLE_VERSIONS)}")
+        return cls(Path(out), films=data.get("films", {}), scans=data.get("scans", []), version=version)
 
     def film_id_for(self, path: Path, taken: set[str]) -> str:
         """The film's id: its previous id in this output if any, else a slug of its file name
@@ -250,8 +363,9 @@ class Manifest:
             "films": self.films,
             "scans": self.scans,
         }
-        text = json.dumps(data, indent=2, sort_keys=True)
-        _atomic_write_bytes(self.path, lambda tmp: tmp.write_text(text))
+        from .atomic import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def done_shards_exist(out: Path, film_id: str, model_ids: Iterable[str]) -> bool:
@@ -262,7 +376,7 @@ def done_shards_exist(out: Path, film_id: str, model_ids: Iterable[str]) -> bool
 
 
 def remove_film_shards(out: Path, film_id: str) -> None:
-    """Delete every shard of a film (frames and all models' faces)."""
-    for p in [frames_path(out, film_id), *Path(out).glob(f"faces/film_id={film_id}/model_id=*/part-0.arrow")]:
-        if p.exists():
-            p.unlink()
+    """Delete every shard of a film (frames and all models' faces, either layout)."""
+    for ds in DATASETS:
+        for s in find_shards(out, ds, film_id=film_id):
+            s.path.unlink(missing_ok=True)

@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import math
-import urllib.parse
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +35,9 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from .errors import StatsError
-from .shards import Manifest, frames_path, prob_column, read_table
+from .shards import Manifest, existing_frames_path, find_shards, prob_column, read_schema, read_table
 
 MEASURES = ("label", "prob")
 PERS = ("faces", "frames")
@@ -109,19 +107,12 @@ class StatsOptions:
 
 def _faces_files(out: Path, model_id: str) -> dict[str, Path]:
     """film_id -> faces shard of ``model_id``."""
-    enc = urllib.parse.quote(model_id, safe="")
-    files = {}
-    for p in Path(out).glob(f"faces/film_id=*/model_id={enc}/part-0.arrow"):
-        files[p.parent.parent.name.split("=", 1)[1]] = p
-    return files
+    return {s.film_id: s.path for s in find_shards(out, "faces", model_id=model_id)}
 
 
 def available_models(out: str | Path) -> list[str]:
     """Model ids with at least one faces shard under the scan ``out``, sorted."""
-    ids = set()
-    for p in Path(out).glob("faces/film_id=*/model_id=*/part-0.arrow"):
-        ids.add(urllib.parse.unquote(p.parent.name.split("=", 1)[1]))
-    return sorted(ids)
+    return sorted({s.model_id for s in find_shards(Path(out), "faces")})
 
 
 def _check_model(out: Path, model_id: str) -> dict[str, Path]:
@@ -153,8 +144,7 @@ def model_labels(out: str | Path, model_id: str) -> tuple[str, ...]:
     (from the shards' ``exe_stream.labels`` metadata, else their ``prob_`` columns)."""
     files = _check_model(Path(out), model_id)
     path = files[min(files)]
-    with ipc.open_file(str(path)) as reader:
-        return _labels_of_schema(reader.schema, path)
+    return _labels_of_schema(read_schema(path), path)
 
 
 def _film_metadata(manifest: Manifest, metadata: Mapping[str, Mapping[str, Any]] | None,
@@ -332,8 +322,8 @@ def film_measures(
         if [prob_column(x) for x in lbls] != model_cols:
             raise StatsError(f"model {model_id!r} has classes {', '.join(lbls)} in film {fid!r} but "
                              f"{', '.join(model_lbls)} elsewhere; rescan with one version of the model")
-        fp = frames_path(out, fid)
-        n_frames = read_table(fp).num_rows if fp.exists() else 0
+        fp = existing_frames_path(out, fid)
+        n_frames = read_table(fp).num_rows if fp is not None else 0
         if opts.per == "frames" and n_frames == 0:
             excluded[fid] = "no sampled frames"
             continue

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_write, atomic_write_text
 from .errors import ModelError
 
 GRAPH_FORMAT = "exe-stream/tflite-graph"
@@ -687,10 +688,8 @@ def save_graph(directory: str | os.PathLike, graph: Mapping[str, Any],
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (WEIGHTS_FILE + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in constants.items()}, str(tmp),
-              metadata=dict(metadata or {}))
-    os.replace(tmp, d / WEIGHTS_FILE)
+    arrays = {k: np.ascontiguousarray(v) for k, v in constants.items()}
+    atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(arrays, str(tmp), metadata=dict(metadata or {})))
     write_graph(d, graph)
 
 
@@ -713,9 +712,7 @@ def write_graph(directory: str | os.PathLike, graph: Mapping[str, Any]) -> Path:
     """Write ``graph.json`` alone into ``directory`` (temp + rename); returns its path."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (GRAPH_FILE + ".tmp")
-    tmp.write_text(graph_to_json(graph), encoding="utf-8")
-    os.replace(tmp, d / GRAPH_FILE)
+    atomic_write_text(d / GRAPH_FILE, graph_to_json(graph))
     return d / GRAPH_FILE
 
 

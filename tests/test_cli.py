@@ -35,7 +35,7 @@ def test_scan_exit_1_when_a_film_fails_and_others_are_written(tmp_path, clips, f
     r = runner.invoke(app, ["scan", str(d), "-o", str(out), "--every", "60", "--device", "cpu"])
     assert r.exit_code == 1, r.output
     assert "failed" in r.output and "notes.mp4" in r.output
-    assert (out / "frames" / "film_id=good" / "part-0.arrow").exists()
+    assert (out / "frames" / "good.parquet").exists()
 
 
 def test_quiet_prints_nothing(tmp_path, clips):
@@ -104,7 +104,7 @@ def test_demo_scans_the_bundled_clips(tmp_path):
     assert str(out / "manifest.json") in r.output
     # Both built-in models classified the same faces.
     for model in ("fer2013-minixception", "facex"):
-        assert (out / "faces" / "film_id=carphone_pristine" / f"model_id={model}" / "part-0.arrow").exists()
+        assert (out / "faces" / model / "carphone_pristine.parquet").exists()
     # The comparison: the terminal table and stats.json (records of the two films with faces).
     assert "fer2013-minixception (A) vs facex (B)" in r.output
     records = json.loads((out / "stats.json").read_text())

@@ -404,7 +404,7 @@ def test_hard_kill_before_any_checkpoint_adopts_the_files_on_disk(tmp_path, api,
     # As if killed before anything but the image files was written; plus a half-written file.
     for name in ("raw.arrow", "raw_duplicates.arrow", "pull_state.json"):
         (data / name).unlink()
-    (data / "raw" / ".pexels-1.jpg.part").write_bytes(b"half")
+    (data / "raw" / ".pexels-1.jpg.tmp-12345").write_bytes(b"half")
     on_disk = len(list((data / "raw").glob("*.jpg")))
     downloads = sum(api.image_downloads.values())
     res = run(options(tmp_path, api), data, api, clock)
@@ -412,7 +412,7 @@ def test_hard_kill_before_any_checkpoint_adopts_the_files_on_disk(tmp_path, api,
     assert sum(api.image_downloads.values()) - downloads == res.downloads
     assert max(api.image_downloads.values()) == 1
     assert {r["sha256"] for r in read_raw(data).to_pylist()} == expected_rows(api)
-    assert not list((data / "raw").glob(".*.part"))
+    assert not list((data / "raw").glob(".*.tmp-*"))
 
 
 # -- keys ---------------------------------------------------------------------------------------

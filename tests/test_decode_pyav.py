@@ -626,3 +626,78 @@ def test_runs_cover_open_gop_leading_pictures_and_merge_touching_ones():
     assert run(pyav_exact_runs(index, [9, 10], merge_touching=True)) == [(0, 10)]
     assert run(pyav_exact_runs(index, [9, 10], merge_touching=False)) == [(0, 9), (10, 10)]
     assert run(pyav_exact_runs(index, [5, 15], merge_touching=False)) == [(0, 5), (10, 15)]
+
+
+# --------------------------------------------------------------------------- truncation by container
+
+_CONTAINERS = {
+    "mkv": dict(name="film.mkv"),
+    "webm": dict(name="film.webm", codec="libvpx-vp9", bframes=0),
+    "avi": dict(name="film.avi", codec="mpeg4", bframes=0),
+    "mp4-index-first": dict(name="film.mp4", faststart=True),
+}
+
+
+def _intact_and_cut(directory: Path, case: str) -> tuple[Path, Path]:
+    kw = dict(_CONTAINERS[case])
+    path = directory / kw.pop("name")
+    media.write_film(path, num_frames=100, gop=20, **kw)
+    cut = path.with_name(f"cut-{path.name}")
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return path, cut
+
+
+@pytest.mark.parametrize("case", sorted(_CONTAINERS))
+def test_truncated_film_of_every_container_is_partial_with_a_reason(tmp_path, case):
+    """A film cut at half its bytes scans as ``partial`` whatever its container: the frames
+    read are compared with the frame count or the duration its header announces."""
+    from exe_stream.pipeline import ScanOptions, scan
+
+    intact, cut = _intact_and_cut(tmp_path, case)
+    assert "warning" not in PyAVDecoder().probe(intact).extra
+    warning = PyAVDecoder().probe(cut).extra["warning"]
+    assert warning.startswith("truncated: the file ends")
+    res = scan([intact, cut], tmp_path / "out", ScanOptions(sampling=SamplingOptions(every=10)))
+    status = {Path(f.path).name: (f.status, f.reason, f.frames) for f in res.films}
+    assert status[intact.name][0] == "done"
+    state, reason, frames = status[cut.name]
+    assert state == "partial" and cut.name in reason and "truncated: the file ends" in reason
+    assert 0 < frames < 10
+
+
+def test_mp4_with_its_index_last_cut_fails_naming_the_missing_index(tmp_path):
+    path = tmp_path / "film.mp4"
+    media.write_film(path, num_frames=100, gop=20)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeError, match=r"film\.mp4: header missing: .*'moov' box"):
+        PyAVDecoder().probe(path)
+
+
+def test_matroska_whose_audio_outlasts_its_picture_is_not_called_truncated(tmp_path):
+    """The container's duration covers every stream: a picture that ends a second before the
+    sound is a whole film, not a cut one."""
+    path = tmp_path / "longer_audio.mkv"
+    with av.open(str(path), mode="w") as container:
+        v = container.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 128, 96, "yuv420p"
+        a = container.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        for i in range(50):  # 2 s of picture
+            frame = av.VideoFrame.from_ndarray(np.full((96, 128, 3), i * 4, np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(v.encode(frame.reformat(format="yuv420p")))
+        container.mux(v.encode(None))
+        for i in range(0, 16000 * 3, 1024):  # 3 s of sound
+            chunk = np.zeros((1, 1024), np.float32)
+            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            af.sample_rate, af.pts = 16000, i
+            container.mux(a.encode(af))
+        container.mux(a.encode(None))
+    info = PyAVDecoder().probe(path)
+    assert info.num_frames == 50 and "warning" not in info.extra
+    cut = tmp_path / "cut.mkv"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    assert PyAVDecoder().probe(cut).extra["warning"].startswith("truncated: the file ends")

@@ -103,7 +103,7 @@ def test_scan_with_embeddings_writes_one_row_per_faces_row(tmp_path, clips, devi
     from exe_stream.shards import read_table
 
     t = read_table(path)
-    assert t.schema.metadata[b"exe_stream.schema"] == b"1"
+    assert t.schema.metadata[b"exe_stream.schema"] == b"2"
     assert t.schema.field("embedding").type.list_size == 128
     # Without --embeddings: the film is scanned again (other options) and its embeddings go.
     scan([clips / "carphone_pristine.mp4"], out, ScanOptions(sampling=SamplingOptions(every=10), device=device,

@@ -56,7 +56,7 @@ def test_talking_face_clip_every_sampled_frame_has_a_row_and_nearly_all_a_face(c
     np.testing.assert_allclose(pts, np.arange(0, 120, 10) / 29.97, atol=2e-3)
     n_faces = np.asarray(frames.column("n_faces"))
     assert (n_faces >= 1).sum() >= 11, n_faces
-    assert frames.schema.metadata[b"exe_stream.schema"] == b"1"
+    assert frames.schema.metadata[b"exe_stream.schema"] == b"2"
 
 
 def test_every_model_classifies_the_same_faces_and_probabilities_sum_to_one(carphone_scan, resnet_card):
@@ -81,9 +81,9 @@ def test_every_model_classifies_the_same_faces_and_probabilities_sum_to_one(carp
     assert json.loads(meta[b"exe_stream.sampling"])["every"] == 10
 
 
-def test_scan_reads_back_as_a_hive_dataset(carphone_scan):
+def test_scan_reads_back_as_a_parquet_dataset(carphone_scan):
     out, _ = carphone_scan
-    faces = ds.dataset(out / "faces", format="arrow", partitioning="hive").to_table()
+    faces = ds.dataset(out / "faces", format="parquet").to_table()
     assert set(faces.column("model_id").to_pylist()) == {FER, faces.column("model_id")[-1].as_py()}
     manifest = json.loads((out / "manifest.json").read_text())
     (entry,) = manifest["films"].values()

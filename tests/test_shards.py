@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from exe_stream.shards import (
@@ -42,7 +43,7 @@ def test_faces_table_has_contract_columns_label_and_confidence():
     assert t.column("label").to_pylist() == [LABELS[i] for i in probs.argmax(1)]
     np.testing.assert_allclose(t.column("confidence").to_numpy(), probs.max(1))
     md = t.schema.metadata
-    assert md[b"exe_stream.schema"] == b"1" and md[b"exe_stream.model_hash"] == b"abc"
+    assert md[b"exe_stream.schema"] == b"2" and md[b"exe_stream.model_hash"] == b"abc"
     assert json.loads(md[b"exe_stream.detector"]) == {"name": "x"}
 
 
@@ -57,15 +58,16 @@ def test_prob_column_is_identifier_safe():
     assert prob_column("Happy Face!") == "prob_happy_face_"
 
 
-def test_write_is_atomic_and_hive_layout_reads_as_dataset(tmp_path):
+def test_write_is_atomic_and_layout_has_no_partition_names(tmp_path):
     f = frames_table("a", [0, 10], [0.0, 0.4], [True, False], [1, 0], shard_metadata())
     write_table(frames_path(tmp_path, "a"), f)
     probs = np.full((1, 7), 1 / 7, np.float32)
     write_table(faces_path(tmp_path, "a", "ens:x+y"), faces_table("a", "ens:x+y", LABELS, _faces_columns(1), probs, {}))
     leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
-    assert faces_path(tmp_path, "a", "ens:x+y").parent.name == "model_id=ens%3Ax%2By"
-    table = ds.dataset(tmp_path / "faces", format="arrow", partitioning="hive").to_table()
+    assert frames_path(tmp_path, "a") == tmp_path / "frames" / "a.parquet"
+    assert faces_path(tmp_path, "a", "ens:x+y") == tmp_path / "faces" / "ens%3Ax%2By" / "a.parquet"
+    table = ds.dataset(tmp_path / "faces", format="parquet").to_table()
     assert table.column("model_id").to_pylist() == ["ens:x+y"]
     assert read_frames(tmp_path).num_rows == 2
     assert read_faces(tmp_path, "ens:x+y").num_rows == 1
@@ -73,6 +75,51 @@ def test_write_is_atomic_and_hive_layout_reads_as_dataset(tmp_path):
         read_faces(tmp_path, "other")
     remove_film_shards(tmp_path, "a")
     assert not frames_path(tmp_path, "a").exists() and not faces_path(tmp_path, "a", "ens:x+y").exists()
+
+
+def _write_v1_scan(out, film_ids=("a", "b")):
+    """A scan as exe-stream 0.1 wrote it: hive directories, Arrow IPC, schema "1"."""
+    import pyarrow.ipc as ipc
+
+    def put(path, table):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with ipc.new_file(str(path), table.schema) as w:
+            w.write_table(table)
+
+    meta = {b"exe_stream.schema": b"1"}
+    for fid in film_ids:
+        put(out / "frames" / f"film_id={fid}" / "part-0.arrow", frames_table(fid, [0, 10], [0.0, 0.4], [True, False], [1, 0], meta))
+        probs = np.eye(7, dtype=np.float32)[[3]]
+        put(out / "faces" / f"film_id={fid}" / "model_id=m" / "part-0.arrow",
+            faces_table(fid, "m", LABELS, _faces_columns(1), probs, meta))
+    (out / "manifest.json").write_text(json.dumps({"schema": "1", "films": {f: {"status": "done"} for f in film_ids}}))
+
+
+def test_schema_1_scans_are_still_read(tmp_path):
+    _write_v1_scan(tmp_path)
+    assert read_frames(tmp_path).column("film_id").to_pylist() == ["a", "a", "b", "b"]
+    faces = read_faces(tmp_path, "m")
+    assert faces.num_rows == 2 and faces.column("label").to_pylist() == ["happy", "happy"]
+    assert Manifest.load(tmp_path).version == "1"
+    remove_film_shards(tmp_path, "a")
+    assert read_frames(tmp_path).column("film_id").to_pylist() == ["b", "b"]
+
+
+def test_read_faces_unifies_label_sets_and_keeps_every_column(tmp_path):
+    """Two models with different classes: one table with the union of the prob_ columns, null
+    where a model has no such class (never a dropped column)."""
+    other = ["happy", "sad", "contempt"]
+    for fid in ("2019", "2020"):
+        write_table(faces_path(tmp_path, fid, "seven"), faces_table(
+            fid, "seven", LABELS, _faces_columns(2), np.full((2, 7), 1 / 7, np.float32), shard_metadata()))
+        write_table(faces_path(tmp_path, fid, "three"), faces_table(
+            fid, "three", other, _faces_columns(3), np.full((3, 3), 1 / 3, np.float32), shard_metadata()))
+    t = read_faces(tmp_path)
+    assert t.num_rows == 10 and t.column("film_id").type == "string"
+    assert {"prob_contempt", "prob_angry"} <= set(t.column_names)
+    rows = t.to_pylist()
+    assert all(r["prob_contempt"] is None for r in rows if r["model_id"] == "seven")
+    assert all(r["prob_angry"] is None and r["prob_contempt"] is not None for r in rows if r["model_id"] == "three")
 
 
 def test_failed_write_leaves_no_file(tmp_path):
@@ -118,12 +165,15 @@ def test_manifest_round_trip_and_bad_manifest_errors(tmp_path):
     with pytest.raises(ValueError, match="manifest.json: manifest is not valid JSON"):
         Manifest.load(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"schema": "9"}))
-    with pytest.raises(ValueError, match="manifest schema '9', expected '1'"):
+    with pytest.raises(ValueError, match="manifest schema '9'; this version of exe-stream reads 1, 2"):
         Manifest.load(tmp_path)
 
 
 def test_read_table_round_trip(tmp_path):
     f = frames_table("a", [5], [0.2], [True], [3], shard_metadata(sampling={"every": 5}))
-    write_table(tmp_path / "t.arrow", f)
-    t = read_table(tmp_path / "t.arrow")
-    assert t.equals(f) and t.schema.metadata[b"exe_stream.schema"] == b"1"
+    for name in ("t.arrow", "t.parquet"):
+        write_table(tmp_path / name, f)
+        t = read_table(tmp_path / name)
+        assert t.equals(f) and t.schema.metadata[b"exe_stream.schema"] == b"2"
+        assert t.schema.metadata[b"exe_stream.sampling"] == b'{"every": 5}'
+    assert pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0).column(0).compression == "ZSTD"

@@ -466,7 +466,7 @@ def test_malformed_shards_are_named(tmp_path):
     with pytest.raises(StatsError, match="m6.*schema metadata 'exe_stream.labels' is not a JSON list"):
         model_labels(out, "m6")
     write_table(faces_path(out, "f1", "m7"), faces_table("f1", "m7", (), cols, np.zeros((0, 0), np.float32), {}))
-    with pytest.raises(StatsError, match=r"model_id=m7.*: no prob_<class> columns"):
+    with pytest.raises(StatsError, match=r"m7/f1\.parquet: no prob_<class> columns"):
         model_labels(out, "m7")
 
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import pyarrow as pa
 
+from ..atomic import atomic_write_text
 from ..errors import ExeStreamError
 from ..shards import read_table, shard_metadata, write_table
 from .extract import FACES_FILE, RAW_FILE, SKIPPED_FILE
@@ -378,9 +379,7 @@ def clean(
         "imbalance_after": _imbalance(after),
     }
     write_table(data / CLEAN_FILE, table)
-    tmp = data / f".{REPORT_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, data / REPORT_FILE)
+    atomic_write_text(data / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return CleanResult(data_dir=data, table=table, report=report, seconds=time.perf_counter() - t0)
 
 

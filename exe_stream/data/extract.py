@@ -62,6 +62,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..atomic import atomic_write_bytes
 from ..detect import DEFAULT_DETECTOR, DETECTORS, MODEL_MIN_SCORE, DetectorOptions
 from ..errors import ExeStreamError
 from ..shards import read_table, shard_metadata, write_table
@@ -324,13 +325,6 @@ def safe_label(label: str) -> str:
     return name
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- tables
 
 
@@ -475,7 +469,7 @@ def _extract_one(data: Path, r: Mapping[str, Any], opts: ExtractOptions, det_opt
     out_rel = f"{FACES_DIR}/{safe_label(r['label'])}/{digest[:16]}.png"
     out = data / out_rel
     if not out.is_file():
-        _write_atomic(out, png)
+        atomic_write_bytes(out, png, fsync=False)
     b = box[0].numpy()
     clipped = np.clip(b, 0.0, 1.0)
     ow, oh = orig if orig else (image.shape[1], image.shape[0])

@@ -64,6 +64,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
+from ..atomic import TMP_GLOB, atomic_write_bytes, atomic_write_text
 from .. import __version__
 from ..errors import ExeStreamError
 from ..shards import read_table, write_table
@@ -352,15 +353,6 @@ def _write_rows(path: Path, rows: list[dict[str, Any]], schema: pa.Schema, kind:
     write_table(path, table)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _stream_key(source: str, query: str) -> str:
     return f"{source}\t{query}"
 
@@ -398,7 +390,7 @@ def _load_state(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[s
 
 def _save_state(path: Path, streams: Mapping[str, _Stream], failed: Mapping[str, dict[str, Any]]) -> None:
     doc = {"version": STATE_VERSION, "streams": {k: s.to_json() for k, s in streams.items()}, "failed": dict(failed)}
-    _atomic_write(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 # -- images ---------------------------------------------------------------------------
@@ -461,7 +453,7 @@ def _fetch_image(hit: Hit, raw_dir: Path, client: HttpClient) -> _Fetched:
     out.sha256 = hashlib.sha256(data).hexdigest()
     out.path = existing if existing is not None else raw_dir / f"{hit.source}-{hit.id}.{ext}"
     if existing is None:
-        _atomic_write(out.path, data)
+        atomic_write_bytes(out.path, data)
     return out
 
 
@@ -609,7 +601,7 @@ class _PullRun:
         }
         self.images = HttpClient(self.opts.http, name="images", secrets=secrets, sleep=sleep, clock=self.clock)
         self.raw_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.raw_dir.glob(".*.part"):  # an interrupted atomic write
+        for leftover in self.raw_dir.glob(TMP_GLOB):  # an interrupted atomic write
             leftover.unlink(missing_ok=True)
 
     def checkpoint(self) -> None:

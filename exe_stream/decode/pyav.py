@@ -841,6 +841,52 @@ def sampled_frames(path: Path, index: _Index, sampling: SamplingOptions) -> list
     return targets
 
 
+# A stream may end this much before the duration its container announces without being
+# called truncated: the container's duration covers every stream (audio often runs a little
+# longer than the picture) and rounds.
+_DURATION_SLACK_S = 0.5
+
+
+def _announced_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """The video's duration from the file's header (the stream's, else the container's), from
+    the start of the file's timeline; None when the header gives none."""
+    if stream.duration and stream.time_base:
+        start = stream.start_time or 0
+        return float((stream.duration) * stream.time_base) + float(start * stream.time_base) - \
+            float((container.start_time or 0) / av.time_base)
+    if container.duration and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _duration_shortfall(container, stream, pts: list[int], dur: list[int], tb: Fraction, n: int) -> str:
+    """Why a file whose header gives no frame count looks cut short ("" if it does not): its
+    packets (of any stream) end before the duration the header announces."""
+    announced = _announced_seconds(container, stream)
+    if announced is None:
+        return ""
+    start = (container.start_time or 0) / av.time_base
+    last = int(np.argmax(pts))
+    frame_s = float((dur[last] or 0) * tb) or (1.0 / float(stream.average_rate) if stream.average_rate else 0.0)
+    video_end = float(pts[last] * tb) + frame_s - start
+    slack = max(_DURATION_SLACK_S, 2 * frame_s)
+    if video_end >= announced - slack:
+        return ""
+    # The picture ends early; a file whose other streams (audio) run on is not truncated.
+    end = video_end
+    try:
+        container.seek(pts[last], stream=stream, backward=True, any_frame=False)
+        for pkt in container.demux():
+            if pkt.pts is not None and pkt.stream.time_base:
+                end = max(end, float((pkt.pts + (pkt.duration or 0)) * pkt.stream.time_base) - start)
+    except av.FFmpegError:
+        pass
+    if end >= announced - slack:
+        return ""
+    return (f"truncated: the file ends at {video_end:.2f} s of the {announced:.2f} s its header announces "
+            f"({n} frames read)")
+
+
 class PyAVDecoder:
     """Decoder backend "pyav": CPU decoding with PyAV, yielding CPU uint8 FrameBatches.
 
@@ -937,6 +983,10 @@ class PyAVDecoder:
                 end = (max(pts) - min(pts)) * tb if n and _NOPTS not in pts else 0
                 truncated = (f"truncated: the file ends after {n} of the {announced} frames "
                              f"its header announces (at {float(end):.2f} s)")
+            elif n and _NOPTS not in pts:
+                # Containers without a frame count in their header (Matroska, WebM, ...) still
+                # announce a duration: a file that ends well before it was cut short.
+                truncated = _duration_shortfall(container, stream, pts, dur, tb, n)
             pts_a = np.array(pts, dtype=np.int64)
             if n == 0:
                 fallback = "no packets"

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from .profile import MIN_OPSET, EngineError
 
 if TYPE_CHECKING:
@@ -158,8 +159,7 @@ def export_onnx(
         props["exe_stream.model"] = card.name
         props["exe_stream.labels"] = json.dumps(list(card.labels))
         props.update({f"exe_stream.{k}": json.dumps(v) for k, v in key_data.items()})
-        program.save(str(tmp), external_data=False)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))
     except EngineError:
         raise
     except Exception as e:  # the exporter raises many types

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_bytes
 from .onnx_export import export_onnx
 from .profile import EngineError, EngineProfile
 from .torch_engine import pad_to
@@ -148,13 +149,7 @@ class TensorRTEngine:
                 engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:
                 plan = build_plan(trt, exported.path, card, profile)
-                tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-                try:
-                    tmp.write_bytes(plan)
-                    os.replace(tmp, self.path)
-                finally:
-                    if tmp.exists():
-                        tmp.unlink()
+                atomic_write_bytes(self.path, plan)
                 self.built = True
                 engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:

@@ -20,6 +20,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
+from ..atomic import atomic_write, atomic_write_text
 from ..errors import ModelError
 
 CARD_FILE = "model.json"
@@ -240,13 +241,13 @@ def save_model(
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    tmp_w = d / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": "pt"})
-    os.chmod(tmp_w, 0o644)  # safetensors creates the file owner-only
-    os.replace(tmp_w, d / WEIGHTS_FILE)
-    tmp_c = d / (CARD_FILE + ".tmp")
-    tmp_c.write_text(json.dumps(card.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp_c, d / CARD_FILE)
+
+    def write_weights(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, 0o644)  # safetensors creates the file owner-only
+
+    atomic_write(d / WEIGHTS_FILE, write_weights)
+    atomic_write_text(d / CARD_FILE, json.dumps(card.to_json(), indent=2, ensure_ascii=False) + "\n")
     if license_text is not None:
         (d / LICENSE_FILE).write_text(license_text if license_text.endswith("\n") else license_text + "\n")
     return content_hash(d)

@@ -15,23 +15,21 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write, atomic_write_text
 from .config import TrainError
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Write tensors (any device) as safetensors on the CPU, atomically."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..atomic import atomic_write_text
 from ..data.recipe import RecipeError, load_recipe
 from .config import TrainConfig, TrainError, config_from_table
 from .loop import EpochMetrics, RunRecord, train
@@ -170,9 +171,7 @@ def _write_tables(result: GridResult, title: str) -> None:
     w.writeheader()
     w.writerows(result.rows)
     for path, text in ((result.csv_path, buf.getvalue()), (result.markdown_path, results_markdown(result.rows, title))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
 
 
 def run_grid(

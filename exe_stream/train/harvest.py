@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_bytes
 from ..classify import make_crops
 from ..decode import get_decoder
 from ..errors import DecodeError
 from ..models import CropSpec
 from ..sampling import SamplingOptions
-from ..shards import Manifest, fingerprint, frames_path, read_table
+from ..shards import Manifest, existing_frames_path, find_shards, fingerprint, read_schema, read_table
 from ..types import FaceBatch
 from .config import TrainError
 
@@ -49,10 +50,10 @@ class HarvestResult:
 def _faces_of(out: Path, film_id: str, min_area: float) -> dict[int, list[tuple[int, list[float]]]]:
     """frame_index -> [(face_index, box)] of the faces with ``face_area_rel >= min_area``, from
     the film's first faces shard (every model of a scan shares the detected faces)."""
-    shards = sorted(out.glob(f"faces/film_id={film_id}/model_id=*/part-0.arrow"))
+    shards = find_shards(out, "faces", film_id=film_id)
     if not shards:
         return {}
-    t = read_table(shards[0])
+    t = read_table(shards[0].path)
     out_rows: dict[int, list[tuple[int, list[float]]]] = {}
     cols = [t.column(c).to_pylist() for c in ("frame_index", "face_index", "face_area_rel", "x0", "y0", "x1", "y1")]
     for fi, k, area, *box in zip(*cols):
@@ -80,13 +81,14 @@ def harvest_faces(
     decoder = get_decoder("pyav")
     for film_id, entry in sorted(manifest.films.items()):
         path = Path(entry.get("path", ""))
-        if entry.get("status") not in ("done", "partial") or not frames_path(out, film_id).exists():
+        frames_file = existing_frames_path(out, film_id)
+        if entry.get("status") not in ("done", "partial") or frames_file is None:
             continue
         if not path.is_file() or fingerprint(path) != entry.get("fingerprint"):
             result.notes.append(f"{film_id}: {path} is gone or changed since the scan; skipped")
             continue
         rows = _faces_of(out, film_id, min_face_area)
-        meta = read_table(frames_path(out, film_id)).schema.metadata or {}
+        meta = read_schema(frames_file).metadata or {}
         sampling = SamplingOptions(**json.loads(meta[b"exe_stream.sampling"]))
         todo = {f: [r for r in rs if not (dest / film_id / f"f{f}-{r[0]}.png").exists()] for f, rs in rows.items()}
         result.existing += sum(len(rs) for rs in rows.values()) - sum(len(rs) for rs in todo.values())
@@ -114,9 +116,7 @@ def harvest_faces(
                     target = dest / film_id / f"f{f}-{k}.png"
                     buf = io.BytesIO()
                     Image.fromarray(np.ascontiguousarray(px)).save(buf, format="PNG")
-                    tmp = target.with_name(target.name + ".tmp")
-                    tmp.write_bytes(buf.getvalue())
-                    os.replace(tmp, target)
+                    atomic_write_bytes(target, buf.getvalue(), fsync=False)
                     result.written += 1
         except DecodeError as e:
             result.notes.append(f"{film_id}: {e}; the crops before the error are kept")

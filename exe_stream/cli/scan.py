@@ -1,0 +1,144 @@
+"""``exe-stream scan``: sample frames, find faces, classify emotions, write shards."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..metadata import load_metadata
+from ._common import MetadataFile, Quiet, console, escape, out_console, say
+
+
+def print_summary(result, models: list[str]) -> None:
+    """Summary table: per film status, frames, faces and each model's top emotions."""
+    from ..shards import read_faces
+
+    ids = {f.film_id for f in result.films}
+    shares: dict[str, Counter] = {}
+    for m in models:
+        try:
+            t = read_faces(result.out, m)
+        except FileNotFoundError:
+            shares[m] = Counter()
+            continue
+        film = t.column("film_id").to_pylist()
+        shares[m] = Counter(lbl for fid, lbl in zip(film, t.column("label").to_pylist()) if fid in ids)
+    table = Table(title=escape(f"exe-stream scan -> {result.out}"), show_lines=False)
+    for col in ("film", "status", "frames", "faces", "seconds"):
+        table.add_column(col, justify="right" if col in ("frames", "faces", "seconds") else "left")
+    for f in result.films:
+        colour = {"done": "green", "skipped": "cyan", "partial": "yellow", "failed": "red"}[f.status]
+        table.add_row(escape(f.film_id), f"[{colour}]{f.status}[/]", str(f.frames), str(f.faces), f"{f.seconds:.1f}")
+    out_console.print(table)
+    total_frames = sum(f.frames for f in result.films)
+    total_faces = sum(f.faces for f in result.films)
+    say(f"films: {len(result.films)}  frames sampled: {total_frames}  faces: {total_faces}")
+    for m, c in shares.items():
+        n = sum(c.values())
+        top = ", ".join(f"{lbl} {100 * k / n:.0f}%" for lbl, k in c.most_common()) if n else "no faces"
+        say(f"emotion shares [{m}]: {top}")
+
+
+def print_problems(result) -> None:
+    """One line per failed or partial film on stderr (also with -q: quiet is not silent)."""
+    for f in result.films:
+        if f.status in ("failed", "partial"):
+            say(f.reason, prefix=f"{f.status}: ", prefix_style="red" if f.status == "failed" else "yellow", err=True)
+
+
+def run_scan(paths: list[Path], out: Path, opts, metadata=None, quiet: bool = False):
+    """Run ``pipeline.scan`` with progress bars (overall and per film) unless quiet."""
+    from ..pipeline import scan
+
+    if quiet:
+        return scan(paths, out, opts, metadata=metadata)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as progress:
+        overall = progress.add_task("films", total=None)
+        film_tasks: dict = {}  # film id -> its bar (several with --films-at-once)
+
+        def start(film_id, path, i):
+            film_tasks[film_id] = progress.add_task(escape(f"  {film_id}"), total=None)
+
+        def frames(film_id, done, total):
+            progress.update(film_tasks[film_id], completed=done, total=total)
+
+        def end(res):
+            task = film_tasks.pop(res.film_id, None)
+            if task is not None:
+                progress.remove_task(task)
+            progress.advance(overall)
+
+        from ..decode import find_videos
+
+        progress.update(overall, total=len(find_videos(paths)))
+        return scan(paths, out, opts, metadata=metadata, on_film_start=start, on_film_end=end,
+                    on_film_frames=frames)
+
+
+def scan_cmd(
+    paths: Annotated[List[Path], typer.Argument(help="Films, or directories searched recursively for video files.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory for shards and manifest.")],
+    model: Annotated[List[str], typer.Option(
+        "--model", "-m", help="Model name or directory; repeat for several; 'ens:a+b' averages probabilities.")
+    ] = ["fer2013-minixception"],  # noqa: B006 - Typer reads the default
+    every: Annotated[Optional[int], typer.Option("--every", help="Sample every N-th frame (default 100).")] = None,
+    interval: Annotated[Optional[float], typer.Option("--interval", help="Sample every S seconds instead.")] = None,
+    mode: Annotated[str, typer.Option("--sampling", help="exact | keyframe")] = "exact",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    decoder: Annotated[str, typer.Option("--decoder", help="auto | pyav | nvdec | dali")] = "auto",
+    detector: Annotated[str, typer.Option("--detector", help="blazeface-full | blazeface-short")] = "blazeface-full",
+    engine: Annotated[str, typer.Option("--engine", help="auto | torch | onnxruntime | tensorrt")] = "auto",
+    engine_profile: Annotated[str, typer.Option(
+        "--engine-profile", help="Engine build profile: a name in engines/ or a .toml file.")] = "default",
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-face-score", help="Detector score threshold (default: the model's MediaPipe one, 0.6 full / 0.5 short).")] = None,
+    max_faces: Annotated[int, typer.Option("--max-faces", help="Keep at most N faces per frame, largest first (0 = all).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sampled frames per batch.")] = 16,
+    films_at_once: Annotated[int, typer.Option(
+        "--films-at-once", help="Films decoded at once (0 = one per NVDEC engine with --decoder nvdec on CUDA, else 1).")] = 0,
+    metadata: MetadataFile = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip films already scanned identically.")] = True,
+    embeddings: Annotated[bool, typer.Option(
+        "--embeddings", help="Also store each face's penultimate-layer embedding per model (OUT/embeddings/, for cluster).")] = False,
+    quiet: Quiet = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log details (tracebacks of failed films).")] = False,
+) -> None:
+    """Scan films: sample frames, find faces, classify emotions, write Arrow shards.
+
+    Exit 0 when every film was scanned, 1 when any failed or is partial (the others are still
+    written), 2 for bad arguments, 3 when the output disk is full (run again to resume).
+    """
+    from ..detect import DetectorOptions
+    from ..pipeline import ScanOptions
+    from ..sampling import SamplingOptions
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    if every is not None and interval is not None:
+        raise ValueError("use either --every or --interval, not both")
+    s = SamplingOptions(every=every if interval is None else None, interval=interval, mode=mode) \
+        if (every is not None or interval is not None) else SamplingOptions(mode=mode)
+    det = DetectorOptions(name=detector, min_score=min_score, max_faces=max_faces)
+    opts = ScanOptions(sampling=s, detector=det, models=tuple(model), device=device,
+                       decoder=decoder, engine=engine, batch_size=batch_size, resume=resume,
+                       engine_profile=engine_profile, embeddings=embeddings,
+                       films_at_once=films_at_once)
+    meta = load_metadata(metadata) if metadata else None
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ValueError(f"no such file or directory: {', '.join(missing)}")
+    result = run_scan(paths, out, opts, metadata=meta, quiet=quiet)
+    if not result.films:
+        raise ValueError(f"no video files found in {', '.join(map(str, paths))}")
+    if not quiet:
+        print_summary(result, list(opts.models))
+    print_problems(result)
+    raise typer.Exit(0 if result.ok else 1)
