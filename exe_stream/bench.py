@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .options import OptionError, check_range
 from .classify import face_rois, make_crops
 from .decode import get_decoder
 from .detect import DetectorOptions, detect_faces, get_detector
@@ -68,14 +69,11 @@ class BenchOptions:
     reference: bool = True
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"every must be >= 1, got {self.every}")
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
-        if self.films_at_once < 0:
-            raise ValueError(f"films_at_once must be >= 0, got {self.films_at_once}")
+        check_range("every", self.every, lo=1, integer=True)
+        check_range("repeats", self.repeats, lo=1, integer=True)
+        check_range("films_at_once", self.films_at_once, lo=0, integer=True)
         if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
+            raise OptionError("batch_sizes", f"must be >= 1, got {list(self.batch_sizes)}")
         if not self.models or not self.engines:
             raise ValueError("at least one model and one engine are needed")
 

@@ -44,14 +44,18 @@ def check_range(field: str, value: Any, lo: float | None = None, hi: float | Non
     except ImportError:  # pragma: no cover - numpy is a dependency
         pass
     what = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
+    if isinstance(value, bool) or not isinstance(value, kinds):
         raise OptionError(field, f"must be {what}, got {value!r}")
     suffix = f" {unit}" if unit else ""
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        bound = f"> {lo}" if lo_open else f">= {lo}"
-        if hi is not None:
-            bound = f"in {'(' if lo_open else '['}{lo}, {hi}]"
-        raise OptionError(field, f"must be {bound}{suffix}, got {value!r}")
-    if hi is not None and value > hi:
-        bound = f"<= {hi}" if lo is None else f"in {'(' if lo_open else '['}{lo}, {hi}]"
+    nan = value != value
+    if lo is not None and hi is not None:
+        bad = nan or (value <= lo if lo_open else value < lo) or value > hi
+        bound = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    elif lo is not None:
+        bad = nan or (value <= lo if lo_open else value < lo)
+        bound = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        bad = nan or (hi is not None and value > hi)
+        bound = f"<= {hi:g}" if hi is not None else "a number"
+    if bad:
         raise OptionError(field, f"must be {bound}{suffix}, got {value!r}")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
+from .options import check_choice, check_range
 from . import __version__
 from .classify import classify_faces
 from .decode import find_videos, get_decoder
@@ -75,14 +76,10 @@ class ScanOptions:
     films_at_once: int = 0
 
     def __post_init__(self) -> None:
-        if self.films_at_once < 0:
-            raise ValueError(f"films_at_once must be >= 0 (0 = automatic), got {self.films_at_once}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
-        if self.engine not in ("auto", "torch", "onnxruntime", "tensorrt"):
-            raise ValueError(f"engine must be one of auto, torch, onnxruntime, tensorrt; got {self.engine!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_range("films_at_once", self.films_at_once, lo=0, integer=True)
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("engine", self.engine, ("auto", "torch", "onnxruntime", "tensorrt"))
+        check_range("batch_size", self.batch_size, lo=1, integer=True)
         if not self.models:
             raise ValueError("at least one model is needed")
 

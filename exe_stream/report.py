@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .options import check_range
 from .atomic import atomic_write_text
 from . import __version__
 from .errors import StatsError
@@ -170,8 +171,7 @@ def rolling_counts(counts: np.ndarray, window: int) -> tuple[np.ndarray, np.ndar
     ``i - (window - 1) // 2 .. i + window // 2``, cut at the ends of the film.
     Returns (k int64 [F, C]: faces per label in the window, n int64 [F]: faces in the window).
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1 sampled frame, got {window}")
+    check_range("window", window, lo=1, integer=True, unit="sampled frame(s)")
     counts = np.asarray(counts, np.int64)
     f = counts.shape[0]
     cs = np.vstack([np.zeros((1, counts.shape[1]), np.int64), np.cumsum(counts, axis=0)])
@@ -891,8 +891,8 @@ def report(
     out = Path(out)
     if not out.is_dir():
         raise ValueError(f"scan output directory {out} does not exist")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-        raise ValueError(f"window must be an integer >= 1 (sampled frames), got {window!r}")
+    if window is not None:
+        check_range("window", window, lo=1, integer=True, unit="sampled frame(s)")
     opts = opts if opts is not None else StatsOptions()
     out_dir = Path(out_dir) if out_dir is not None else out / "report"
     models = choose_models(out, a, b)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal, Sequence
 
+from .options import check_choice, check_range
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -27,12 +29,11 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         if (self.every is None) == (self.interval is None):
             raise ValueError("set exactly one of every (frames) and interval (seconds)")
-        if self.every is not None and self.every < 1:
-            raise ValueError(f"every must be >= 1 frame, got {self.every}")
-        if self.interval is not None and not self.interval > 0:
-            raise ValueError(f"interval must be > 0 seconds, got {self.interval}")
-        if self.mode not in ("exact", "keyframe"):
-            raise ValueError(f"sampling mode must be 'exact' or 'keyframe', got {self.mode!r}")
+        if self.every is not None:
+            check_range("every", self.every, lo=1, integer=True)
+        if self.interval is not None:
+            check_range("interval", self.interval, lo=0, lo_open=True, unit="seconds")
+        check_choice("mode", self.mode, ("exact", "keyframe"))
 
     def describe(self) -> str:
         step = f"every={self.every}" if self.every is not None else f"interval={self.interval}s"

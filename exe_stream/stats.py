@@ -36,6 +36,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .options import OptionError, check_choice, check_range
 from .errors import StatsError
 from .shards import Manifest, existing_frames_path, find_shards, prob_column, read_schema, read_table
 
@@ -82,24 +83,16 @@ class StatsOptions:
     by: str | None = None
 
     def __post_init__(self) -> None:
-        if self.measure not in MEASURES:
-            raise ValueError(f"measure must be one of {', '.join(MEASURES)}; got {self.measure!r}")
-        if self.per not in PERS:
-            raise ValueError(f"per must be one of {', '.join(PERS)}; got {self.per!r}")
-        if self.correction not in CORRECTIONS:
-            raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}; got {self.correction!r}")
-        for name in ("min_confidence", "min_face_area"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
-        if not isinstance(self.largest_only, bool):
-            raise ValueError(f"largest_only must be True or False, got {self.largest_only!r}")
-        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, (int, np.integer)) or self.n_boot < 0:
-            raise ValueError(f"n_boot must be an integer >= 0, got {self.n_boot!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_choice("measure", self.measure, MEASURES)
+        check_choice("per", self.per, PERS)
+        check_choice("correction", self.correction, CORRECTIONS)
+        check_range("min_confidence", self.min_confidence, lo=0.0, hi=1.0)
+        check_range("min_face_area", self.min_face_area, lo=0.0, hi=1.0)
+        check_choice("largest_only", self.largest_only, (True, False))
+        check_range("n_boot", self.n_boot, lo=0, integer=True)
+        check_range("seed", self.seed, lo=0, integer=True)
         if self.by is not None and (not isinstance(self.by, str) or not self.by.strip()):
-            raise ValueError(f"by must be a metadata column name or None, got {self.by!r}")
+            raise OptionError("by", f"must be a metadata column name or None, got {self.by!r}")
 
 
 # --------------------------------------------------------------------------- shards

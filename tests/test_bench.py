@@ -40,7 +40,7 @@ def test_bench_measures_every_stage_on_a_real_clip(clips, tmp_path):
 def test_bench_options_and_inputs_are_checked(tmp_path):
     with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
         BenchOptions(repeats=0)
-    with pytest.raises(ValueError, match=r"batch sizes must be >= 1, got \[0\]"):
+    with pytest.raises(ValueError, match=r"batch_sizes must be >= 1, got \[0\]"):
         BenchOptions(batch_sizes=(0,))
     with pytest.raises(ValueError, match="does not exist"):
         bench(tmp_path / "missing.mp4", BenchOptions(device="cpu"))

@@ -113,7 +113,7 @@ def test_frame_label_counts_and_rolling_window_by_hand():
     np.testing.assert_array_equal(k2[:, 1], [2, 1, 0, 2, 2])
     share1, n1 = rolling_shares(counts, 1)
     assert np.isnan(share1[2]).all() and n1[2] == 0
-    with pytest.raises(ValueError, match="window must be >= 1 sampled frame, got 0"):
+    with pytest.raises(ValueError, match=r"window must be >= 1 sampled frame\(s\), got 0"):
         rolling_counts(counts, 0)
     with pytest.raises(ValueError, match="not among the sampled frames"):
         frame_label_counts(frames, np.array([5]), np.array([0]), 2)
@@ -227,7 +227,7 @@ def test_model_choice_errors_name_the_values(tmp_path, two):
     with pytest.raises(ValueError, match="--a and --b are the same model 'model-a'"):
         choose_models(out, A, A)
     assert choose_models(out, b=A) == (B, A)
-    with pytest.raises(ValueError, match="window must be an integer >= 1 .*got 0"):
+    with pytest.raises(ValueError, match=r"window must be >= 1 sampled frame\(s\), got 0"):
         report(out, tmp_path / "r", window=0)
     with pytest.raises(ValueError, match="scan output directory .*missing does not exist"):
         report(tmp_path / "missing")
@@ -257,8 +257,8 @@ def test_cli_report_of_a_one_model_scan_has_no_comparison_section(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--measure", "bogus"], "measure must be one of label, prob; got 'bogus'"),
     (["--a", "nope"], "model 'nope' is not in the scan"),
-    (["--window", "0"], "window must be an integer >= 1"),
-    (["--min-confidence", "2"], "min_confidence must be a number in [0, 1], got 2.0"),
+    (["--window", "0"], "--window must be >= 1 sampled frame(s), got 0"),
+    (["--min-confidence", "2"], "--min-confidence must be in [0, 1], got 2.0"),
 ])
 def test_cli_report_bad_arguments_exit_2(two, tmp_path, args, message):
     r = runner.invoke(app, ["report", str(two[0]), "-o", str(tmp_path / "x"), *args])

@@ -133,10 +133,10 @@ def test_select_frames_rejects_unordered_pts():
     [
         ({"every": None, "interval": None}, "set exactly one of every"),
         ({"every": 5, "interval": 1.0}, "set exactly one of every"),
-        ({"every": 0}, "every must be >= 1 frame, got 0"),
+        ({"every": 0}, "every must be >= 1, got 0"),
         ({"every": None, "interval": 0.0}, "interval must be > 0 seconds, got 0.0"),
         ({"every": None, "interval": math.nan}, "interval must be > 0 seconds, got nan"),
-        ({"mode": "fast"}, "sampling mode must be 'exact' or 'keyframe', got 'fast'"),
+        ({"mode": "fast"}, "mode must be one of exact, keyframe; got 'fast'"),
     ],
 )
 def test_sampling_options_errors(kwargs, message):

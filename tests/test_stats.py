@@ -476,11 +476,11 @@ def test_malformed_shards_are_named(tmp_path):
         (dict(measure="mode"), "measure must be one of label, prob; got 'mode'"),
         (dict(per="film"), "per must be one of faces, frames; got 'film'"),
         (dict(correction="bonferroni"), "correction must be one of holm, bh; got 'bonferroni'"),
-        (dict(min_confidence=1.5), r"min_confidence must be a number in \[0, 1\], got 1.5"),
-        (dict(min_face_area=-0.1), r"min_face_area must be a number in \[0, 1\], got -0.1"),
-        (dict(largest_only="yes"), "largest_only must be True or False, got 'yes'"),
-        (dict(n_boot=-1), "n_boot must be an integer >= 0, got -1"),
-        (dict(seed=-2), "seed must be an integer >= 0, got -2"),
+        (dict(min_confidence=1.5), r"min_confidence must be in \[0, 1\], got 1.5"),
+        (dict(min_face_area=-0.1), r"min_face_area must be in \[0, 1\], got -0.1"),
+        (dict(largest_only="yes"), "largest_only must be one of True, False; got 'yes'"),
+        (dict(n_boot=-1), "n_boot must be >= 0, got -1"),
+        (dict(seed=-2), "seed must be >= 0, got -2"),
         (dict(by=""), "by must be a metadata column name or None, got ''"),
     ],
 )
@@ -550,7 +550,7 @@ def test_cli_stats_json_csv_arrow(tmp_path):
         (["--a", "nope", "--b", "A"], "model 'nope' is not in the scan"),
         (["--format", "xml"], "format must be one of table, csv, json, arrow; got 'xml'"),
         (["--format", "arrow"], "--format arrow needs -o FILE"),
-        (["--bootstrap", "-5"], "n_boot must be an integer >= 0, got -5"),
+        (["--bootstrap", "-5"], "--bootstrap must be >= 0, got -5"),
     ],
 )
 def test_cli_bad_arguments_exit_2(tmp_path, args, message):

@@ -20,7 +20,7 @@ def bench_cmd(
     decoder: str = typer.Option("auto", "--decoder", help="auto | pyav | dali | nvdec"),
     model: List[str] = typer.Option(["fer2013-minixception"], "-m", "--model", help="Models to time (repeatable)."),
     engine: List[str] = typer.Option(["torch"], "--engine", help="Engines to time (repeatable): torch, onnxruntime, tensorrt."),
-    batch_size: List[int] = typer.Option([1, 16, 64], "--batch-size", help="Classifier batch sizes (repeatable)."),
+    batch_sizes: List[int] = typer.Option([1, 16, 64], "--batch-size", help="Classifier batch sizes (repeatable)."),
     films_at_once: int = typer.Option(2, "--films-at-once", help="Copies of the film decoded at once (0: skip)."),
     repeats: int = typer.Option(3, "--repeats", help="Timed repeats per measurement (median)."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference study's method."),
@@ -30,7 +30,7 @@ def bench_cmd(
     from ..bench import BenchOptions, bench, format_rows
 
     opts = BenchOptions(every=every, device=device, decoder=decoder, models=tuple(model), engines=tuple(engine),
-                        batch_sizes=tuple(batch_size), films_at_once=films_at_once, repeats=repeats,
+                        batch_sizes=tuple(batch_sizes), films_at_once=films_at_once, repeats=repeats,
                         reference=reference)
     result = bench(film, opts, on_row=lambda r: console.print(f"[dim]{escape(r['stage'])}: {escape(r['what'])}[/]"))
     table = Table(title=escape(f"exe-stream bench: {film.name} on {result.device}"), box=box.SIMPLE_HEAD)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from ..options import check_range
 from ..types import FaceBatch, FrameBatch
 
 # Registry: detector name -> backend module (under exe_stream.detect).
@@ -53,12 +54,10 @@ class DetectorOptions:
 
     def __post_init__(self) -> None:
         check_detector_name(self.name)
-        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
-        if not 0.0 <= self.nms_iou <= 1.0:
-            raise ValueError(f"nms_iou must be in [0, 1], got {self.nms_iou}")
-        if self.max_faces < 0:
-            raise ValueError(f"max_faces must be >= 0 (0 = all), got {self.max_faces}")
+        if self.min_score is not None:
+            check_range("min_score", self.min_score, lo=0.0, hi=1.0)
+        check_range("nms_iou", self.nms_iou, lo=0.0, hi=1.0)
+        check_range("max_faces", self.max_faces, lo=0, integer=True)
 
     @property
     def threshold(self) -> float:
