@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from .errors import ExeStreamError
-from .roi import Mode, _check_matrix, _check_mode, _check_rois
+from .roi_checks import Mode, _check_matrix, _check_mode, _check_rois
 from .types import FrameBatch
 
 LIBRARY_NAME = "libexe_stream_kernels.so"

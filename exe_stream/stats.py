@@ -377,15 +377,14 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (float64 [m], same order as ``p``; NaNs stay
-    NaN and are not counted in the family)."""
+    NaN and are not counted in the family): scipy's ``false_discovery_control`` on the rest."""
     p = np.asarray(p, np.float64)
     adj = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = ok.size
-    if m:
-        order = ok[np.argsort(p[ok], kind="stable")]
-        scaled = p[order] * m / np.arange(1, m + 1)
-        adj[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    ok = ~np.isnan(p)
+    if ok.any():
+        from scipy.stats import false_discovery_control
+
+        adj[ok] = false_discovery_control(p[ok], method="bh")
     return adj
 
 

@@ -30,7 +30,8 @@ from exe_stream.train import (
 from exe_stream.train.data import (
     Sample, augmentation, balanced_sampler, class_weights, load_image, normalise,
 )
-from exe_stream.train.loop import CHECKPOINT_DIR, HASHES_FILE, RUN_FILE, STATE_FILE, lr_at, macro_f1
+from exe_stream.metrics import compute_metrics
+from exe_stream.train.loop import CHECKPOINT_DIR, HASHES_FILE, RUN_FILE, STATE_FILE, lr_at
 from exe_stream.train.network import build_classifier, freeze, load_matching
 
 DEVICES = [
@@ -138,9 +139,11 @@ def test_train_hashes_list_the_training_split_only(gratings, trained):
 
 
 def test_metrics():
-    cm = np.array([[5, 0], [5, 0]])  # everything predicted as class 0
-    assert macro_f1(cm) == pytest.approx((2 * 5 / (10 + 5) + 0) / 2)
-    assert macro_f1(np.diag([3, 4, 5])) == 1.0
+    # Everything predicted as class 0 (the validation metric of the loop: exe_stream.metrics).
+    m = compute_metrics(np.array([0] * 5 + [1] * 5), np.zeros(10, np.int64), ("a", "b"))
+    assert m.macro_f1 == pytest.approx((2 * 5 / (10 + 5) + 0) / 2)
+    perfect = compute_metrics(np.repeat([0, 1, 2], [3, 4, 5]), np.repeat([0, 1, 2], [3, 4, 5]), ("a", "b", "c"))
+    assert perfect.macro_f1 == 1.0
 
 
 # Split --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from .. import __version__
-from ._common import console, escape, out_console, say, wide
+from ._common import console, escape, say, wide
 
 
 def bench_cmd(

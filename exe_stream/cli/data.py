@@ -11,7 +11,7 @@ from rich import box
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._common import console, error, escape, note, out_console, progress_bar, say, warn
+from ._common import console, error, escape, note, out_console, progress_bar, warn
 from ._errors import EXIT_INTERRUPTED
 
 

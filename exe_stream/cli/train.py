@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ._common import escape, note, out_console, progress_bar, say, warn, wide
 from ._errors import EXIT_INTERRUPTED
+from .compare import _fmt
 
 
 def evaluate_cmd(

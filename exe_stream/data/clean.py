@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import pyarrow as pa
 
+from .tables import read_stage_table
 from ..atomic import atomic_write_text
 from ..errors import ExeStreamError
 from ..shards import read_table, shard_metadata, write_table
@@ -218,17 +219,7 @@ class CleanResult:
 
 
 def _read_faces(data: Path) -> pa.Table:
-    path = data / FACES_FILE
-    if not path.is_file():
-        raise CleanError(f"{path} does not exist; run `exe-stream data extract` first (or give --data DIR)")
-    try:
-        table = read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise CleanError(f"{path} is not a readable Arrow file: {e}") from e
-    missing = [c for c in FACES_REQUIRED if c not in table.column_names]
-    if missing:
-        raise CleanError(f"{path} lacks columns {missing}; needs {list(FACES_REQUIRED)}, has {table.column_names}")
-    return table
+    return read_stage_table(data / FACES_FILE, FACES_REQUIRED, "exe-stream data extract", CleanError)
 
 
 def _counts(labels: list[str], mask: np.ndarray | None = None) -> dict[str, int]:

