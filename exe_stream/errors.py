@@ -21,6 +21,12 @@ class DecodeError(ExeStreamError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class UnsupportedByBackend(DecodeError):
+    """A decoder backend cannot read this film (its codec, pixel format, size or timestamps),
+    where another backend can: the scan decodes the film with PyAV instead, and the backend
+    stays on for the other films (exe_stream.failsafe)."""
+
+
 class ModelError(ExeStreamError):
     """A model name, directory or card is invalid."""
 

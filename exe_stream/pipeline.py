@@ -7,7 +7,6 @@ import ctypes
 import ctypes.util
 import gc
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ from .classify import classify_faces
 from .decode import find_videos, get_decoder
 from .detect import DetectorOptions, detect_faces
 from .engines import EngineError, EngineProfile, attach_engine, engine_key, load_profile, resolve_engine
-from .errors import DecodeError, DiskFullError
+from . import failsafe
+from .errors import DecodeError, DiskFullError, UnsupportedByBackend
 from .models import EmotionModel, load_model, resolve_device
 from .sampling import SamplingOptions
 from .shards import (
@@ -111,12 +111,18 @@ class ScanResult:
 
 
 def _resolve_backends(opts: ScanOptions, device: torch.device | None = None) -> str:
+    """The decoder a scan uses: ``opts.decoder``, or for "auto" NVDEC on CUDA where
+    PyNvVideoCodec loads (not merely where it is installed: its import can fail for want of
+    the driver's video libraries), else PyAV. NVDEC is then checked against PyAV on its first
+    batch and gives way to it on any failure (exe_stream.failsafe), so it cannot fail a film."""
     decoder = opts.decoder
     if decoder == "auto":
-        # NVDEC keeps frames on the GPU (unverified: see exe_stream.decode.nvdec).
-        nvdec = device is not None and device.type == "cuda" \
-            and importlib.util.find_spec("PyNvVideoCodec") is not None
-        decoder = "nvdec" if nvdec else "pyav"
+        from .decode.nvdec import nvdec_usable
+
+        usable, why = nvdec_usable(device) if device is not None else (False, "no device")
+        if not usable and device is not None and device.type == "cuda":
+            log.info("--decoder auto: PyAV, not NVDEC (%s)", why)
+        decoder = "nvdec" if usable else "pyav"
     return decoder
 
 
@@ -145,6 +151,22 @@ def _resolve_engine(opts: ScanOptions, device: torch.device) -> tuple[str, Engin
             )
         return "torch", profile
     return resolve_engine(opts.engine, device), profile
+
+
+def _attach_engines(models: list[EmotionModel], engine: str, profile: EngineProfile, auto: bool,
+                    device: torch.device) -> tuple[list[EmotionModel], str]:
+    """The models with engine ``engine`` attached, and the engine. With ``--engine auto`` an
+    accelerated engine that cannot be built here (TensorRT failing to build a plan, ...) is
+    switched off with one warning and the models run in torch; an engine asked for by name
+    fails the scan before any film (EngineError)."""
+    try:
+        return [attach_engine(m, engine, profile) for m in models], engine
+    except Exception as e:
+        if not auto or engine == "torch":
+            raise
+        component = {"tensorrt": "tensorrt", "onnxruntime": "onnxruntime-cuda"}.get(engine, engine)
+        failsafe.current().switch_off(component, f"cannot be built here: {type(e).__name__}: {e}")
+        return [attach_engine(m, "torch", profile) for m in models], "torch"
 
 
 def _options_key(opts: ScanOptions, models: Sequence[EmotionModel], decoder: str,
@@ -263,24 +285,36 @@ class _FilmRows:
         return frames, faces
 
 
-def _scan_film(
-    path: Path, film_id: str, out: Path, opts: ScanOptions, models: Sequence[EmotionModel],
-    decoder_name: str, device: torch.device, key: str, on_frames: Callable[[int, int], None] | None,
-    gate: _InferenceGate | None = None,
-) -> tuple[FilmResult, dict[str, Any]]:
-    start = time.perf_counter()
+@dataclass
+class _FilmRun:
+    """One decoding of a film through detection and classification (``_run_film``)."""
+
+    result: FilmResult
+    rows: _FilmRows
+    timings: dict[str, float]
+    info: dict[str, Any]
+    # The exception that ended it early (None when every sampled frame was scanned).
+    error: BaseException | None = None
+
+
+def _run_film(
+    path: Path, film_id: str, opts: ScanOptions, models: Sequence[EmotionModel], decoder_name: str,
+    device: torch.device, on_frames: Callable[[int, int], None] | None, gate: _InferenceGate | None,
+) -> _FilmRun:
     decoder = get_decoder(decoder_name)
-    result = FilmResult(film_id=film_id, path=str(path), status="done")
-    timings = {"decode_wait_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
-    info_dict: dict[str, Any] = {}
-    rows = _FilmRows(models)
+    run = _FilmRun(FilmResult(film_id=film_id, path=str(path), status="done"), _FilmRows(models),
+                   {"decode_wait_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}, {})
+    result, timings = run.result, run.timings
     try:
         # 1. Probe: a demux pass that learns frame count, size, rotation and colour.
         info = decoder.probe(path)
-        info_dict = {k: v for k, v in asdict(info).items() if k != "path"}
+        run.info = {k: v for k, v in asdict(info).items() if k != "path"}
         result.media_seconds = info.duration_seconds
         expected = _expected_samples(info.num_frames, info.duration_seconds, opts.sampling)
-        batches = _prefetch(decoder.frames(path, opts.sampling, opts.batch_size))
+        frames_it = decoder.frames(path, opts.sampling, opts.batch_size)
+        if decoder_name != "pyav":  # an accelerated decoder checks its first batch against PyAV
+            frames_it = _checked_decoder(frames_it, decoder_name, path, opts)
+        batches = _prefetch(frames_it)
         if gate is not None:  # films at once: this film's detection waits for its turn
             batches = gate.wrap(batches)
         t = time.perf_counter()
@@ -296,21 +330,114 @@ def _scan_film(
             emb: dict[str, torch.Tensor] | None = {} if opts.embeddings else None
             probs = classify_faces(frames, faces, models, embeddings=emb)
             timings["classify_s"] += time.perf_counter() - t
-            rows.add(frames, faces, probs, emb)
+            run.rows.add(frames, faces, probs, emb)
             result.frames += len(frames)
             if on_frames:
                 on_frames(result.frames, max(expected, result.frames))
             t = time.perf_counter()
     except DecodeError as e:
+        run.error = e
         result.status = "partial" if result.frames > 0 else "failed"
         result.reason = str(e)
     except Exception as e:  # one broken film never stops the scan
         log.debug("scan of %s failed:\n%s", path, traceback.format_exc())
+        run.error = e
         result.status = "failed"
         result.reason = f"{path}: {type(e).__name__}: {e}"
+    return run
+
+
+# Largest mean absolute difference (code values) between an accelerated decoder's first batch
+# and PyAV's, luma and chroma: NVDEC's 8-bit output is bit-exact (conforming decoders agree);
+# 10-bit films are reduced to 8 bits by truncation where PyAV rounds (<= 1 level); DALI's
+# chroma passes through its own upsampling (up to 8 levels at sharp edges, ~0.3 on average).
+DECODER_TOLERANCE = {"y": 1.0, "uv": 2.0}
+
+
+def _decoder_difference(got: FrameBatch, want: FrameBatch) -> float:
+    """Largest of the mean absolute plane differences of two batches (0..255, luma and chroma
+    each divided by their tolerance, so <= 1 passes); Mismatch when frames, timestamps,
+    keyframe flags, sizes or colour format differ."""
+    n = min(len(got), len(want))
+    if not torch.equal(got.frame_index[:n].cpu(), want.frame_index[:n].cpu()):
+        raise failsafe.Mismatch(f"frames {got.frame_index[:n].tolist()} instead of {want.frame_index[:n].tolist()}")
+    if not torch.allclose(got.pts_seconds[:n].cpu(), want.pts_seconds[:n].cpu(), atol=1e-6, rtol=0):
+        raise failsafe.Mismatch("timestamps differ")
+    if not torch.equal(got.is_keyframe[:n].cpu(), want.is_keyframe[:n].cpu()):
+        raise failsafe.Mismatch("keyframe flags differ")
+    if (got.matrix, got.full_range) != (want.matrix, want.full_range):
+        raise failsafe.Mismatch(f"colour {got.matrix}/{'full' if got.full_range else 'limited'} instead of "
+                                f"{want.matrix}/{'full' if want.full_range else 'limited'}")
+    worst = 0.0
+    for name, tol in (("y", DECODER_TOLERANCE["y"]), ("u", DECODER_TOLERANCE["uv"]), ("v", DECODER_TOLERANCE["uv"])):
+        a, b = getattr(got, name)[:n], getattr(want, name)[:n]
+        if tuple(a.shape) != tuple(b.shape):
+            raise failsafe.Mismatch(f"plane {name} is {tuple(a.shape)} instead of {tuple(b.shape)}")
+        diff = (a.to("cpu", torch.float32) - b.to("cpu", torch.float32)).abs().mean()
+        worst = max(worst, float(diff) / tol)
+    return worst
+
+
+def _checked_decoder(batches: Iterator[FrameBatch], name: str, path: Path,
+                     opts: ScanOptions) -> Iterator[FrameBatch]:
+    """The accelerated decoder ``name``'s batches; while it is unchecked in this scan, its first
+    batch is compared with PyAV's (``_decoder_difference``): verified when they agree, else
+    ``failsafe.Mismatch`` (the scan then decodes the film with PyAV and switches ``name`` off)."""
+    fs = failsafe.current()
+    first = True
+    for batch in batches:
+        if first and fs.status(name) == "unchecked":
+            reference = next(iter(get_decoder("pyav").frames(path, opts.sampling, len(batch))), None)
+            if reference is None:
+                raise failsafe.Mismatch(f"it yielded frames where PyAV yields none")
+            try:
+                diff = _decoder_difference(batch, reference)
+            except failsafe.Mismatch as e:
+                raise failsafe.Mismatch(f"its first batch differs from PyAV's: {e}") from e
+            if not diff <= 1.0:
+                raise failsafe.Mismatch(
+                    f"its first batch differs from PyAV's beyond decoder rounding (mean |difference| "
+                    f"{diff:.3g} x the tolerance of {DECODER_TOLERANCE['y']} levels luma / "
+                    f"{DECODER_TOLERANCE['uv']} chroma)")
+            fs.verified(name, diff)
+        first = False
+        yield batch
+
+
+def _scan_film(
+    path: Path, film_id: str, out: Path, opts: ScanOptions, models: Sequence[EmotionModel],
+    decoder_name: str, device: torch.device, key: str, on_frames: Callable[[int, int], None] | None,
+    gate: _InferenceGate | None = None,
+) -> tuple[FilmResult, dict[str, Any]]:
+    start = time.perf_counter()
+    fs = failsafe.current()
+    with failsafe.film_paths() as paths:
+        ran = decoder_name
+        if ran != "pyav" and fs.status(ran) == "off":
+            ran = "pyav"
+            paths[decoder_name] = f"off: {fs.state(decoder_name).reason}"
+        run = _run_film(path, film_id, opts, models, ran, device, on_frames, gate)
+        if ran != "pyav" and run.error is not None:
+            # An accelerated decoder never fails a film: PyAV decodes it again. The decoder is
+            # switched off when it was at fault (it mismatched, or PyAV reads what it did not);
+            # a film it cannot read (UnsupportedByBackend), or one PyAV cannot read either,
+            # leaves it on.
+            why = run.result.reason.removeprefix(f"{path}: ")
+            log.debug("%s: decoder %s failed (%s); decoding with pyav", path, ran, why)
+            redo = _run_film(path, film_id, opts, models, "pyav", device, on_frames, gate)
+            unsupported = isinstance(run.error, UnsupportedByBackend)
+            if isinstance(run.error, failsafe.Mismatch) or (redo.error is None and not unsupported):
+                fs.switch_off(ran, why)
+                paths[ran] = f"off: {why}"
+            else:
+                paths[ran] = f"not for this film: {why}"
+            run, ran = redo, "pyav"
+        elif ran != "pyav":
+            paths.setdefault(ran, "used")
+    result, rows = run.result, run.rows
     if result.frames > 0 or result.status == "done":
         # 4. Write the shards: frames (every sampled frame) and faces per model.
-        _write_film(out, film_id, rows, models, opts, decoder_name, key)
+        _write_film(out, film_id, rows, models, opts, ran, key)
     else:
         # Nothing decoded: no shards, and none left over from an earlier scan of this id.
         remove_film_shards(out, film_id)
@@ -330,8 +457,11 @@ def _scan_film(
         "faces": result.faces,
         "options_key": key,
         "models": {m.model_id: m.content_hash for m in models},
-        "timings": {**{k: round(v, 4) for k, v in timings.items()}, "total_s": round(result.seconds, 4)},
-        "info": info_dict,
+        "timings": {**{k: round(v, 4) for k, v in run.timings.items()}, "total_s": round(result.seconds, 4)},
+        "info": run.info,
+        # Which path the film actually ran: its decoder, and each accelerated component it
+        # used ("used"), or whose verified path ran in its place ("off: why").
+        "paths": {"decoder": ran, **dict(sorted(paths.items()))},
     }
     return result, entry
 
@@ -517,7 +647,7 @@ def scan(
     out = Path(out)
     films = find_videos([Path(p) for p in paths])
     device = resolve_device(opts.device)
-    with _cpu_threads(device, opts.sampling.mode):
+    with _cpu_threads(device, opts.sampling.mode), failsafe.session():
         return _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end,
                      on_film_frames)
 
@@ -548,7 +678,7 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
     engine, profile = _resolve_engine(opts, device)
     models = [load_model(spec, device) for spec in opts.models]
     if not opts.embeddings:  # embeddings hook the plain torch networks (see _resolve_engine)
-        models = [attach_engine(m, engine, profile) for m in models]
+        models, engine = _attach_engines(models, engine, profile, opts.engine == "auto", device)
     key = _options_key(opts, models, decoder_name, None if opts.embeddings else engine_key(engine, device, profile))
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(out)
@@ -622,6 +752,8 @@ def _scan_films(films, out, opts, models, decoder_name, device, key, manifest, a
                 lambda done, i=i, fp=fp: record(i, done[0], done[1], fp),
             )
     at_once.finish()
+    # The accelerated components' verdicts in this scan (exe_stream.failsafe).
+    manifest.scans[-1]["failsafe"] = failsafe.current().report()
     manifest.save()
 
 

@@ -19,11 +19,12 @@ This module *is* the spec the CUDA kernels are checked against:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from . import failsafe
 from .roi_checks import Mode, _check_matrix, _check_mode, _check_rois  # noqa: F401 - Mode is public here
 from .types import FrameBatch
 
@@ -259,11 +260,42 @@ def roi_resample(
     Frames on a CUDA device go to the CUDA kernel (``kernels.roi_resample_cuda``, same result
     to the spec's tolerance) when its library loads and can run there; else this torch code.
     """
-    if frames.device.type == "cuda":
-        from . import kernels  # ctypes only; the library itself loads on first use
+    kernel = _cuda_kernel(frames)
+    if kernel is None:
+        return _roi_resample_torch(frames, rois, out_hw, mode, mean, std)
+    # The kernel is an accelerated component: checked against this torch code on its first
+    # batch (the spec's tolerance, 1/255 in [0, 1] units, in normalised units), switched off on
+    # an error or a mismatch (exe_stream.failsafe).
+    _check_mode(mode, mean, std)
+    _check_rois(rois, len(frames))  # bad arguments are the caller's, not the kernel's, failure
+    tolerance = (1.0 / 255.0 + 1e-6) / max(min(abs(float(s)) for s in std), 1e-12)
+    return failsafe.current().run(
+        "kernels",
+        lambda: kernel(frames, rois, out_hw, mode, mean, std),
+        lambda: _roi_resample_torch(frames, rois, out_hw, mode, mean, std),
+        failsafe.max_abs_diff, tolerance,
+    )
 
-        if kernels.available(frames.device):
-            return kernels.roi_resample_cuda(frames, rois, out_hw, mode, mean, std)
+
+def _cuda_kernel(frames: FrameBatch) -> Callable[..., torch.Tensor] | None:
+    """The CUDA kernel's entry point (``kernels.roi_resample_cuda``) when the frames are on a
+    CUDA device where its library loads and can run, else None."""
+    if frames.device.type != "cuda":
+        return None
+    from . import kernels  # ctypes only; the library itself loads on first use
+
+    return kernels.roi_resample_cuda if kernels.available(frames.device) else None
+
+
+def _roi_resample_torch(
+    frames: FrameBatch,
+    rois: torch.Tensor,
+    out_hw: tuple[int, int],
+    mode: Mode = "rgb",
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    """``roi_resample`` in torch, on any device (the verified path of the CUDA kernel)."""
     channels = _check_mode(mode, mean, std)
     _check_rois(rois, len(frames))
     oh, ow = int(out_hw[0]), int(out_hw[1])

@@ -69,7 +69,7 @@ def test_stack_surfaces_pitched_and_p016():
 
 
 def test_stack_surfaces_wrong_shape():
-    with pytest.raises(ValueError, match=r"not an NV12 surface of 6x5: torch.uint8 \(5, 6\)"):
+    with pytest.raises(ValueError, match=r"not an NV12 surface of 6x5 \(needs uint8 \[>= 8, >= 6\]\): uint8 \(5, 6\)"):
         stack_surfaces([torch.zeros(5, 6, dtype=torch.uint8)], 5, 6)
 
 
@@ -173,3 +173,112 @@ def test_nvdec_scan_shards_match_pyav(clips, tmp_path):
     for c in ("x0", "y0", "x1", "y1", "confidence"):
         a = np.asarray(out["nvdec"][1].column(c)); b = np.asarray(out["pyav"][1].column(c))
         assert np.allclose(a, b, atol=0.01)
+
+
+# Predicted failures of issue 10, reproduced with stand-ins (tests/fakes.py) --------------
+
+
+def _decode_all(path, sampling=SamplingOptions(every=3), batch=4):
+    return list(nvdec_module.NvdecDecoder().frames(path, sampling, batch))
+
+
+def _pyav_all(path, sampling=SamplingOptions(every=3), batch=4):
+    return list(PyAVDecoder().frames(path, sampling, batch))
+
+
+def test_an_installed_pynvvideocodec_that_cannot_load_is_not_picked_by_auto(tmp_path, monkeypatch):
+    # PyNvVideoCodec 2.2.4's __init__ asks libnvidia-encode for the driver version and raises
+    # RuntimeError where it cannot load it (checked against the real wheel: issue-10 note).
+    pkg = tmp_path / "PyNvVideoCodec"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        'raise RuntimeError("Failed to load NVENC library: libnvidia-encode.so.1: cannot open shared '
+        'object file: No such file or directory\\n\\n=== TROUBLESHOOTING STEPS ===")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "PyNvVideoCodec", raising=False)
+    with pytest.raises(ImportError, match=r"PyNvVideoCodec is installed but cannot load \(RuntimeError: Failed to "
+                       r"load NVENC library: libnvidia-encode.so.1.*NVIDIA_DRIVER_CAPABILITIES.*'video'"):
+        nvdec_module.import_nvc()
+    assert nvdec_module.nvdec_usable(torch.device("cuda", 0))[0] is False
+    from exe_stream.pipeline import ScanOptions, _resolve_backends
+
+    assert _resolve_backends(ScanOptions(decoder="auto"), torch.device("cuda", 0)) == "pyav"
+    with pytest.raises(ValueError, match=r"cannot load"):
+        get_decoder("nvdec")
+
+
+def test_synthesized_scanned_pts_make_the_film_unsupported_not_wrong(tmp_path, monkeypatch):
+    # PyNvVideoCodec 2.2.4's scanned pts are 0, d, 2d... whatever the container says (measured
+    # with the real wheel: an MP4 starting at pts 998 scanned as 0, 512, 1024...).
+    from fakes import FakeNvc, fake_cuda, write_offset_film
+    from exe_stream.errors import UnsupportedByBackend
+
+    film = write_offset_film(tmp_path / "offset.mp4")
+    fake_cuda(monkeypatch, FakeNvc(scanned="synthesized"))
+    with pytest.raises(UnsupportedByBackend, match=r"offset.mp4: PyNvVideoCodec's frame numbering matches neither"):
+        _decode_all(film)
+    fake_cuda(monkeypatch, FakeNvc(scanned="container"))  # the same film with real pts decodes
+    got, want = _decode_all(film), _pyav_all(film)
+    assert [b.frame_index.tolist() for b in got] == [b.frame_index.tolist() for b in want]
+
+
+@pytest.mark.parametrize("film", ["odd_dims", "h264_bframes", "vfr", "rotated"])
+def test_nvdec_surfaces_give_pyavs_planes(films, film, monkeypatch):
+    # Odd sizes: NVDEC rounds the width up to even (the last chroma pair is in the surface);
+    # the luma and chroma planes must come out as PyAV's, rotation applied.
+    from fakes import FakeNvc, fake_cuda
+
+    fake_cuda(monkeypatch, FakeNvc())
+    path = getattr(films, film)
+    got, want = _decode_all(path), _pyav_all(path)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert torch.equal(g.frame_index, w.frame_index)
+        torch.testing.assert_close(g.pts_seconds, w.pts_seconds)
+        for name in ("y", "u", "v"):
+            assert torch.equal(getattr(g, name), getattr(w, name)), name
+
+
+def test_an_odd_height_surface_cut_short_is_unsupported_not_a_crash(films, monkeypatch):
+    from fakes import FakeNvc, fake_cuda
+    from exe_stream.errors import UnsupportedByBackend
+
+    fake_cuda(monkeypatch, FakeNvc(rows="floor"))
+    with pytest.raises(UnsupportedByBackend, match=r"odd_177x99.webm: NVDEC's surface cannot be read: not an NV12 "
+                       r"surface of 177x99 \(needs uint8 \[>= 149, >= 178\]\): uint8 \(148, 186\)"):
+        _decode_all(films.odd_dims)
+
+
+@pytest.mark.parametrize("export", ["uint16", "bytes"])
+def test_p016_surfaces_give_the_high_byte_of_each_sample(films, monkeypatch, export):
+    from fakes import FakeNvc, fake_cuda
+
+    fake_cuda(monkeypatch, FakeNvc(high_bit_depth=export))
+    got, want = _decode_all(films.hevc10), _pyav_all(films.hevc10)
+    for g, w in zip(got, want):
+        for name in ("y", "u", "v"):  # PyAV rounds 10 -> 8 bits (swscale), NVDEC truncates
+            d = (getattr(g, name).to(torch.int16) - getattr(w, name).to(torch.int16)).abs()
+            assert int(d.max()) <= 1, name
+
+
+def test_batches_made_on_the_side_stream_are_handed_to_the_consumers_stream(films, monkeypatch):
+    from fakes import FakeNvc, fake_cuda
+
+    fake_cuda(monkeypatch, FakeNvc())
+    handed = []
+    monkeypatch.setattr(nvdec_module, "hand_over", lambda tensors, stream: handed.append((len(tensors), stream)))
+    batches = _decode_all(films.h264_bframes)
+    assert len(handed) == len(batches) and all(n == 4 for n, _ in handed)
+
+
+def test_hand_over_records_cuda_tensors_on_the_stream():
+    recorded = []
+
+    class CudaTensor:
+        device = torch.device("cuda", 0)
+
+        def record_stream(self, stream):
+            recorded.append(stream)
+
+    nvdec_module.hand_over([CudaTensor(), torch.zeros(1)], "consumer")
+    assert recorded == ["consumer"]

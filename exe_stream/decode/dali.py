@@ -77,7 +77,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 
-from ..errors import DecodeError
+from ..errors import DecodeError, UnsupportedByBackend
 from ..sampling import SamplingOptions
 from ..types import FilmInfo, FrameBatch
 from .planes import apply_display_ops, rgb_to_i420, ycbcr444_to_i420
@@ -184,12 +184,12 @@ class DaliDecoder:
         codecs = GPU_CODECS if self.on_gpu else CPU_CODECS
         if index.codec not in codecs:
             where = "GPU (NVDEC)" if self.on_gpu else "CPU"
-            raise DecodeError(path, f"DALI's {where} decoder cannot decode {index.codec} "
+            raise UnsupportedByBackend(path, f"DALI's {where} decoder cannot decode {index.codec} "
                               f"(it decodes {', '.join(codecs)}); use --decoder pyav")
         if index.n == 0:
             raise DecodeError(path, index.truncated or "the video stream holds no frames")
         if not index.ordered:
-            raise DecodeError(path, f"DALI needs the container's timestamps to number frames "
+            raise UnsupportedByBackend(path, f"DALI needs the container's timestamps to number frames "
                               f"({index.fallback}); use --decoder pyav")
         pres_pts = index.pts[index.order]
         targets = sampled_frames(path, index, sampling)
@@ -198,15 +198,15 @@ class DaliDecoder:
         # DALI's frame numbers: presentation order of the packets with pts >= 0.
         shift = int(np.count_nonzero(pres_pts < 0))
         if any(p < shift for p in targets):
-            raise DecodeError(path, "sampled frames have negative timestamps, which DALI "
+            raise UnsupportedByBackend(path, "sampled frames have negative timestamps, which DALI "
                               "skips; use --decoder pyav")
         yielded = 0
         try:
             for batch in self._decode(path, index, targets, shift, batch_size, first):
                 yielded += len(batch)
                 yield batch
-        except DecodeError as e:
-            raise DecodeError(path, e.reason, yielded) from e
+        except DecodeError as e:  # the same kind (UnsupportedByBackend stays one)
+            raise type(e)(path, e.reason, yielded) from e
         if index.truncated:
             raise DecodeError(path, index.truncated, yielded)
 

@@ -41,6 +41,7 @@ a truncated file yields what exists, then raises.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import DecodeError
+from ..errors import DecodeError, UnsupportedByBackend
 from ..sampling import SamplingOptions
 from ..types import FilmInfo, FrameBatch
 from .planes import apply_display_ops, nv12_views
@@ -72,7 +73,13 @@ NVDEC_CODECS: tuple[str, ...] = ("h264", "hevc", "av1", "vp9", "vp8", "mpeg4", "
 
 
 def import_nvc() -> Any:
-    """The ``PyNvVideoCodec`` module, or ImportError saying how to install it."""
+    """The ``PyNvVideoCodec`` module, or ImportError saying what is missing.
+
+    Importing PyNvVideoCodec does more than find a package: its ``__init__`` asks the NVENC
+    library (libnvidia-encode) for the driver version and raises RuntimeError where it cannot
+    load (a container started without the ``video`` driver capability, no NVIDIA driver), and
+    OSError where a shared library is missing. Every such failure means NVDEC cannot be used
+    here, so each becomes the same ImportError (first line of the reason kept)."""
     try:
         import PyNvVideoCodec as nvc
     except ImportError as e:
@@ -80,7 +87,28 @@ def import_nvc() -> Any:
             f"decoder 'nvdec' needs PyNvVideoCodec, which is not installed ({e}); "
             f"install it with: {INSTALL_HINT}"
         ) from e
+    except Exception as e:  # RuntimeError from its driver check, OSError from a missing library
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ImportError(
+            f"decoder 'nvdec': PyNvVideoCodec is installed but cannot load ({type(e).__name__}: {first}); "
+            "it needs the NVIDIA driver's video libraries (in a container: NVIDIA_DRIVER_CAPABILITIES "
+            "must include 'video'); use --decoder pyav"
+        ) from e
     return nvc
+
+
+def nvdec_usable(device: torch.device) -> tuple[bool, str]:
+    """Whether the nvdec decoder can be made for ``device`` here, and why not: a CUDA device,
+    and PyNvVideoCodec importing (``import_nvc``)."""
+    if device.type != "cuda":
+        return False, f"device {device} is not CUDA"
+    if importlib.util.find_spec("PyNvVideoCodec") is None:
+        return False, f"PyNvVideoCodec is not installed ({INSTALL_HINT})"
+    try:
+        import_nvc()
+    except ImportError as e:
+        return False, str(e)
+    return True, ""
 
 
 def engines_for_gpu_name(name: str) -> int | None:
@@ -131,21 +159,45 @@ def frame_numbers(scanned_pts: Sequence[int], index_pts: np.ndarray,
     return ""
 
 
-def stack_surfaces(surfaces: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
-    """One uint8 tensor [B, H + ceil(H/2), W] holding B NV12 surfaces (each [>= H + ceil(H/2),
-    >= W], possibly pitched, uint8; or uint16 P016 words, reduced to their high byte), copied
-    on the current stream of their device."""
+def stack_surfaces(surfaces: Sequence[torch.Tensor], height: int, width: int,
+                   high_bit_depth: bool = False) -> torch.Tensor:
+    """One uint8 tensor [B, H + ceil(H/2), 2 ceil(W/2)] holding B NV12 surfaces, copied on the
+    current stream of their device (``nv12_views`` splits it into y [B, H, W] and u, v).
+
+    Each surface is uint8 [>= H + ceil(H/2), >= 2 ceil(W/2)] (rows may be pitched; NVDEC
+    rounds an odd width up to even, so the last chroma pair is there), or, for a 10/12-bit film
+    (``high_bit_depth``, P016: 16-bit little-endian words), uint16 [rows, >= 2 ceil(W/2)] words
+    or uint8 [rows, >= 4 ceil(W/2)] bytes, either reduced to the words' high byte.
+
+    Raises ValueError naming the surface when it cannot hold the frame, e.g. an odd height
+    exported with floor(1.5 H) rows (the last chroma row cut off)."""
     rows = height + (height + 1) // 2
+    cols = 2 * ((width + 1) // 2)
     out = []
     for s in surfaces:
         if s.ndim == 3 and s.shape[-1] == 1:
             s = s[..., 0]
         if s.dtype == torch.uint16 or s.dtype == torch.int16:
             s = (s.view(torch.int16).to(torch.int32) & 0xFFFF).bitwise_right_shift(8).to(torch.uint8)
-        if s.dtype != torch.uint8 or s.ndim != 2 or s.shape[0] < rows or s.shape[1] < width:
-            raise ValueError(f"not an NV12 surface of {width}x{height}: {s.dtype} {tuple(s.shape)}")
-        out.append(s[:rows, :width])
+        elif high_bit_depth and s.dtype == torch.uint8 and s.ndim == 2:
+            if s.shape[1] < 2 * cols:
+                raise ValueError(f"a 16-bit (P016) surface of {width}x{height} needs >= {2 * cols} byte "
+                                 f"columns, got uint8 {tuple(s.shape)}")
+            s = s[:, 1::2]  # the high byte of each little-endian word
+        if s.dtype != torch.uint8 or s.ndim != 2 or s.shape[0] < rows or s.shape[1] < cols:
+            raise ValueError(f"not an NV12 surface of {width}x{height} (needs uint8 [>= {rows}, >= {cols}]): "
+                             f"{str(s.dtype).removeprefix('torch.')} {tuple(s.shape)}")
+        out.append(s[:rows, :cols])
     return torch.stack(out)
+
+
+def hand_over(tensors: Sequence[torch.Tensor], stream: Any) -> None:
+    """Tell torch's caching allocator that CUDA ``tensors`` (made on a side stream) are used on
+    ``stream`` (the consumer's), so their memory is not reused before that stream is done with
+    them (``Tensor.record_stream``). CPU tensors are left alone."""
+    for t in tensors:
+        if t.device.type == "cuda":
+            t.record_stream(stream)
 
 
 @dataclass(frozen=True)
@@ -201,14 +253,14 @@ class NvdecDecoder:
         if index.n == 0:
             raise DecodeError(path, index.truncated or "the video stream holds no frames")
         if index.codec not in NVDEC_CODECS:
-            raise DecodeError(path, f"NVDEC cannot decode {index.codec} (it decodes "
+            raise UnsupportedByBackend(path, f"NVDEC cannot decode {index.codec} (it decodes "
                               f"{', '.join(NVDEC_CODECS)}); use --decoder pyav")
         pix_fmt = str(first.get("pix_fmt", ""))
         if "444" in pix_fmt or "422" in pix_fmt:
-            raise DecodeError(path, f"the NVDEC path reads 4:2:0 films only, this one is "
+            raise UnsupportedByBackend(path, f"the NVDEC path reads 4:2:0 films only, this one is "
                               f"{pix_fmt}; use --decoder pyav")
         if not index.ordered:
-            raise DecodeError(path, f"NVDEC frame access needs the container's timestamps "
+            raise UnsupportedByBackend(path, f"NVDEC frame access needs the container's timestamps "
                               f"({index.fallback}); use --decoder pyav")
         targets = sampled_frames(path, index, sampling)
         if not targets:
@@ -218,8 +270,8 @@ class NvdecDecoder:
             for batch in self._decode(path, index, targets, batch_size, first):
                 yielded += len(batch)
                 yield batch
-        except DecodeError as e:
-            raise DecodeError(path, e.reason, yielded) from e
+        except DecodeError as e:  # the same kind (UnsupportedByBackend stays one)
+            raise type(e)(path, e.reason, yielded) from e
         if index.truncated:
             raise DecodeError(path, index.truncated, yielded)
 
@@ -229,6 +281,7 @@ class NvdecDecoder:
         pres_pts = index.pts[index.order]
         pres_key = index.keyframe[index.order]
         ops = tuple(first.get("ops", ()))
+        high_bits = bool(re.search(r"p1[0-6]", str(first.get("pix_fmt", ""))))  # 10/12/16-bit formats
         transposed = any(op in ("cclock", "clock", "transpose", "antitranspose") for op in ops)
         # Stored (decoded) size: the probe reports the displayed one.
         h, w = (first["width"], first["height"]) if transposed else (first["height"], first["width"])
@@ -245,9 +298,12 @@ class NvdecDecoder:
             raise DecodeError(path, f"NVDEC cannot open the film: {e}") from e
         numbering = frame_numbers(list(scanned.pts), index.pts, index.order)
         if not numbering:
-            raise DecodeError(path, "PyNvVideoCodec's frame numbering matches neither the "
-                              "presentation nor the decode order of the container's packets; "
-                              "use --decoder pyav")
+            # PyNvVideoCodec 2.2 synthesizes the scanned pts (packet count x duration): they
+            # match the container's only for pts 0, d, 2d... (offset starts, variable frame
+            # rate and most MKVs differ, and its frame count may too). Its numbering cannot be
+            # trusted for such a film: PyAV decodes it.
+            raise UnsupportedByBackend(path, "PyNvVideoCodec's frame numbering matches neither the "
+                                       "presentation nor the decode order of the container's packets")
         for start in range(0, len(targets), batch_size):
             want = targets[start:start + batch_size]
             asked = want if numbering == "presentation" else [int(index.order[p]) for p in want]
@@ -264,11 +320,16 @@ class NvdecDecoder:
                     raise DecodeError(path, f"NVDEC returned the frame with pts {f.getPTS()} for "
                                       f"frame {p} (pts {int(pres_pts[p])}); use --decoder pyav")
             with torch.cuda.stream(side):
-                surface = stack_surfaces([torch.from_dlpack(f) for f in frames], h, w)
+                try:
+                    surface = stack_surfaces([torch.from_dlpack(f) for f in frames], h, w, high_bits)
+                except ValueError as e:
+                    raise UnsupportedByBackend(path, f"NVDEC's surface cannot be read: {e}") from e
                 y, u, v = nv12_views(surface, h, w)
                 if ops:
                     y, u, v = (apply_display_ops(t, ops) for t in (y, u, v))
             side.synchronize()  # the consumer (another thread, default stream) may read now
+            # Made on the side stream, read on the consumer's (the device's default stream).
+            hand_over([surface, y, u, v], torch.cuda.default_stream(self.device))
             yield FrameBatch(
                 y=y, u=u, v=v,
                 frame_index=torch.tensor(want, dtype=torch.int64),

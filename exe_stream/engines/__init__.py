@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .. import failsafe
 from .profile import EngineError, EngineProfile, available_profiles, load_profile, profiles_dir
 
 if TYPE_CHECKING:
@@ -191,6 +192,67 @@ def get_engine(
     return ENGINES[resolved](network, card, dev, prof, Path(cache) if cache is not None else None)
 
 
+# Largest difference of the softmax probabilities allowed between an accelerated engine's first
+# batch and the plain fp32 torch network (exe_stream.failsafe), by the engine's precision.
+PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
+
+
+def accelerated_component(engine: Engine) -> str | None:
+    """The ``failsafe.COMPONENTS`` name of a built engine, or None for the verified path
+    itself (anything on the CPU; plain fp32 torch on CUDA)."""
+    if engine.device.type != "cuda":
+        return None
+    if engine.name == "torch":
+        plain = not (getattr(engine, "use_graphs", False) or getattr(engine, "channels_last", False)
+                     or getattr(engine, "dtype", torch.float32) != torch.float32)
+        return None if plain else "cuda-graphs"
+    return {"onnxruntime": "onnxruntime-cuda", "tensorrt": "tensorrt"}.get(engine.name)
+
+
+def _probability_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    return failsafe.max_abs_diff(torch.softmax(got.float(), dim=1), torch.softmax(want.float(), dim=1))
+
+
+class CheckedEngine:
+    """An accelerated engine that checks itself against the plain torch network on its first
+    batch and gives way to it when it fails or differs (``exe_stream.failsafe``).
+
+    ``run`` has the Engine contract; ``name`` is the wrapped engine's, or "torch" once the
+    component is switched off (what then produces the logits)."""
+
+    def __init__(self, engine: Engine, network: nn.Module, component: str, tolerance: float) -> None:
+        self.engine = engine
+        self.network = network
+        self.component = component
+        self.tolerance = tolerance
+        self.device = engine.device
+
+    @property
+    def name(self) -> str:
+        return "torch" if failsafe.current().status(self.component) == "off" else self.engine.name
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """float32/float16 [K, C, H, W] -> float32 logits [K, n_classes] on ``device``."""
+        return failsafe.current().run(self.component, lambda: self.engine.run(x), lambda: self._reference(x),
+                                      _probability_diff, self.tolerance)
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.network(x.to(self.device, torch.float32)).float()
+
+    def __repr__(self) -> str:
+        return f"CheckedEngine({self.engine!r}, {self.component})"
+
+
+def checked(engine: Engine, network: nn.Module, profile: EngineProfile) -> Engine:
+    """``engine`` wrapped in a CheckedEngine when it is an accelerated component, else itself."""
+    component = accelerated_component(engine)
+    if component is None:
+        return engine
+    precision = profile.precision if engine.name != "onnxruntime" else "fp32"
+    return CheckedEngine(engine, network, component, PARITY_TOLERANCE.get(precision, PARITY_TOLERANCE["fp16"]))
+
+
 def attach_engine(
     model: EmotionModel,
     name: str,
@@ -198,8 +260,11 @@ def attach_engine(
     cache: str | os.PathLike | None = None,
 ) -> EmotionModel:
     """A copy of ``model`` whose members run through engine ``name`` (one engine per member,
-    on ``model.device``); its ``predict`` then uses them."""
+    on ``model.device``); its ``predict`` then uses them. Accelerated engines (``accelerated_component``)
+    are wrapped in a CheckedEngine: checked against the plain network on their first batch."""
+    prof = load_profile(profile)
     engines = tuple(
-        get_engine(name, net, card, model.device, profile, cache) for card, net in zip(model.cards, model.networks)
+        checked(get_engine(name, net, card, model.device, prof, cache), net, prof)
+        for card, net in zip(model.cards, model.networks)
     )
     return dataclasses.replace(model, engines=engines)

@@ -84,6 +84,18 @@ class OnnxRuntimeEngine:
             self.session = ort.InferenceSession(str(self.export.path), sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own error types
             raise EngineError(f"onnxruntime cannot load {str(self.export.path)!r}: {e}") from e
+        if self.device.type == "cuda":
+            # get_available_providers() lists CUDA whenever the build has it, even where its
+            # libraries (CUDA, cuDNN) fail to load; the session then quietly runs on the CPU and
+            # binding CUDA buffers fails (onnxruntime issues #17801, #23059). The session says
+            # which providers it really has.
+            active = list(self.session.get_providers())
+            if "CUDAExecutionProvider" not in active:
+                raise EngineError(
+                    f"engine 'onnxruntime' on CUDA: the session has only {active} (onnxruntime's CUDA "
+                    "provider did not load: check its CUDA and cuDNN libraries, and that the CPU "
+                    "package onnxruntime does not shadow onnxruntime-gpu); use --engine torch"
+                )
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.device_id = providers[0][1]["device_id"] if self.device.type == "cuda" else 0

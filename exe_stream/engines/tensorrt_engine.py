@@ -24,8 +24,10 @@ deserialise (e.g. a TensorRT upgrade with the same version string) is rebuilt.
 
 Run: input and output are torch CUDA tensors whose ``data_ptr()`` are set as tensor addresses
 (``set_tensor_address``), the batch shape set with ``set_input_shape``, and
-``execute_async_v3`` enqueued on torch's current stream, so the work is ordered with torch's
-own kernels and nothing is synchronised. Batches larger than max_batch run in chunks; chunks
+``execute_async_v3`` enqueued on the engine's own CUDA stream, which waits for torch's current
+stream first and which torch's current stream waits for after (events, no host
+synchronisation). Not on torch's current stream itself: that is usually the legacy default
+stream, on which TensorRT warns of, and adds, extra synchronisation. Batches larger than max_batch run in chunks; chunks
 smaller than min_batch are zero-padded.
 """
 
@@ -156,6 +158,8 @@ class TensorRTEngine:
                 raise EngineError(f"TensorRT cannot load the plan it built: {str(self.path)!r}")
             self.engine = engine
             self.context = engine.create_execution_context()
+            # TensorRT's own stream (see the module docstring, "Run").
+            self.stream = torch.cuda.Stream(self.device)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -172,20 +176,26 @@ class TensorRTEngine:
             return torch.zeros((0, self.n_classes), dtype=torch.float32, device=self.device)
         x = x.detach().to(self.device, self.input_dtype).contiguous()
         out = torch.empty((k, self.n_classes), dtype=self.output_dtype, device=self.device)
-        stream = torch.cuda.current_stream(self.device).cuda_stream
+        current = torch.cuda.current_stream(self.device)
+        stream = self.stream.cuda_stream
         step, floor = self.profile.max_batch, self.profile.min_batch
         for s in range(0, k, step):
             n = min(k, s + step) - s
             xin = pad_to(x[s : s + n], max(n, floor))
             oc = out[s : s + n] if n >= floor else torch.empty((floor, self.n_classes), dtype=self.output_dtype,
                                                                device=self.device)
+            self.stream.wait_stream(current)  # the input is complete before TensorRT reads it
+            for t in (xin, oc):  # made on torch's stream, used on TensorRT's: not reused before
+                t.record_stream(self.stream)
             self.context.set_input_shape(self.input_name, tuple(xin.shape))
             self.context.set_tensor_address(self.input_name, xin.data_ptr())
             self.context.set_tensor_address(self.output_name, oc.data_ptr())
             if not self.context.execute_async_v3(stream):
                 raise EngineError(f"TensorRT failed to run {str(self.path)!r} on a batch of {tuple(xin.shape)}")
             if n < floor:
+                current.wait_stream(self.stream)
                 out[s : s + n] = oc[:n]
+        current.wait_stream(self.stream)  # torch reads the output after TensorRT wrote it
         return out.float()
 
     def __repr__(self) -> str:

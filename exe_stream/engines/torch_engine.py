@@ -9,10 +9,14 @@ CPU-testable parts, bucket planning and padding, are tested on the CPU):
   logits are returned);
 - ``channels_last``: weights and inputs in channels_last memory format (NHWC strides, what
   cuDNN's fastest convolution kernels read);
-- ``cuda_graphs``: one ``torch.cuda.CUDAGraph`` per batch bucket (``profile.buckets``), captured
-  on first use of that bucket after three warm-up runs on a side stream (the recipe of the
-  "CUDA Graphs" section of torch's CUDA semantics notes), each with its own memory pool and its
-  own static input/output. A batch of K crops is split into chunks of at most the largest
+- ``cuda_graphs``: one ``torch.cuda.CUDAGraph`` per batch bucket (``profile.buckets``), all
+  captured when the engine is built, each after three warm-up runs on a side stream (the
+  recipe of the "CUDA Graphs" section of torch's CUDA semantics notes), each with its own
+  memory pool and its own static input/output. Capturing at build time, before a scan starts
+  its decoder threads, and in ``capture_error_mode="thread_local"``: in torch's default
+  "global" mode, CUDA work that another thread issues during a capture (a decoder's prefetch,
+  NVDEC or DALI) errors or invalidates the capture (``torch.cuda.graph``'s documentation), and
+  a lazy capture would happen mid-scan while they run. A batch of K crops is split into chunks of at most the largest
   bucket (``bucket_chunks``); each chunk is copied into the smallest bucket that holds it,
   the rows past it zeroed (``pad_to`` semantics), the graph replayed, and the first rows of its
   output copied out. Rows never interact (eval-mode networks), so padding does not change
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
 
 # Warm-up runs before a CUDA graph capture (lazy initialisation, cuDNN algorithm choice).
 WARMUP_RUNS = 3
+# cudaStreamCaptureMode of the captures: only this thread's unsafe calls error (module docstring).
+CAPTURE_ERROR_MODE = "thread_local"
 
 
 def bucket_for(n: int, buckets: tuple[int, ...]) -> int:
@@ -98,8 +104,15 @@ class TorchEngine:
             if self.channels_last:
                 net = net.to(memory_format=torch.channels_last)
         self.network = net.eval()
-        # bucket -> (graph, static input, static output), captured on first use.
+        # bucket -> (graph, static input, static output), all captured now (module docstring).
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        if self.use_graphs:
+            self.capture_all()
+
+    def capture_all(self) -> None:
+        """Capture the graph of every bucket not captured yet (CUDA; see the module docstring)."""
+        for bucket in self.profile.buckets:
+            self._graph(bucket)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
@@ -142,7 +155,7 @@ class TorchEngine:
                     self.network(static_in)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_ERROR_MODE):
                 static_out = self.network(static_in)
             self._graphs[bucket] = (graph, static_in, static_out)
         return self._graphs[bucket]
