@@ -577,3 +577,116 @@ def test_tensorrt_plan_matches_torch_and_is_cached(spec, cache):
         assert (trt.predict(crops[:k]) - ref.predict(crops[:k])).abs().max() < 2e-2
     again = attach_engine(ref, "tensorrt", cache=cache).engines[0]
     assert again.built is False and again.path == trt.engines[0].path
+
+
+# Issue 10: predicted failures on first contact with a GPU, reproduced with stand-ins ------
+
+
+def _tiny_card_and_net():
+    card = ModelCard(name="tiny", architecture="mini_xception", labels=("a", "b"), input_size=(48, 48),
+                     colour="gray", mean=(0.0,), std=(1.0,), crop_margin=0.0, source="test", license="test")
+    torch.manual_seed(0)
+    return card, build_network(card).eval()
+
+
+def test_cuda_graphs_are_captured_when_the_engine_is_built_not_mid_scan(monkeypatch):
+    # Captured lazily, a bucket's graph would be captured while a scan's decoder threads issue
+    # CUDA work (torch.cuda.graph's "global" capture mode errors on that).
+    card, net = _tiny_card_and_net()
+    captured = []
+    monkeypatch.setattr(TorchEngine, "_graph", lambda self, b: captured.append(b))
+    prof = EngineProfile(precision="fp32", channels_last=False, cuda_graphs=True, buckets=(1, 4, 16))
+    TorchEngine(net, card, torch.device("cuda", 0), prof)
+    assert captured == [1, 4, 16]
+
+
+def test_cuda_graphs_are_captured_in_thread_local_mode(monkeypatch):
+    from fakes import FakeStream
+
+    card, net = _tiny_card_and_net()
+    prof = EngineProfile(precision="fp32", channels_last=False, cuda_graphs=True, buckets=(1, 2))
+    eng = TorchEngine(net, card, torch.device("cpu"), prof)  # CPU: nothing captured when built
+    modes = []
+
+    class Graph:
+        def replay(self):
+            pass
+
+    class Capture:
+        def __init__(self, graph, **kwargs):
+            modes.append(kwargs.get("capture_error_mode", "global"))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    eng.capture_all()
+    assert modes == ["thread_local", "thread_local"]
+
+
+def test_onnxruntime_on_cuda_checks_the_sessions_providers(monkeypatch, cache):
+    # get_available_providers() lists CUDA even where its libraries fail to load; the session
+    # then runs on the CPU (onnxruntime issues #17801, #23059).
+    import onnxruntime as real_ort
+    from exe_stream.engines import onnxruntime_engine as ort_engine
+    from exe_stream.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    card, net = _tiny_card_and_net()
+
+    class Session:
+        def __init__(self, path, sess_options=None, providers=None):
+            self.asked = providers
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+        def get_inputs(self):
+            return [types.SimpleNamespace(name="input")]
+
+        get_outputs = get_inputs
+
+    fake = types.SimpleNamespace(get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                                 SessionOptions=real_ort.SessionOptions, InferenceSession=Session)
+    monkeypatch.setattr(ort_engine, "import_onnxruntime", lambda: fake)
+    with pytest.raises(EngineError, match=r"engine 'onnxruntime' on CUDA: the session has only \['CPUExecutionProvider'\] "
+                       r"\(onnxruntime's CUDA provider did not load"):
+        OnnxRuntimeEngine(net, card, torch.device("cuda", 0), EngineProfile(), cache)
+
+
+def test_tensorrt_runs_on_its_own_stream_not_the_legacy_default(monkeypatch):
+    from fakes import FakeStream
+    from exe_stream.engines.tensorrt_engine import TensorRTEngine
+
+    streams = []
+
+    class Context:
+        def set_input_shape(self, name, shape):
+            pass
+
+        def set_tensor_address(self, name, ptr):
+            pass
+
+        def execute_async_v3(self, stream):
+            streams.append(stream)
+            return True
+
+    class Legacy(FakeStream):
+        cuda_stream = 0  # torch's default stream is the legacy default stream, handle 0
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Legacy())
+    eng = object.__new__(TensorRTEngine)
+    eng.device, eng.n_classes, eng.profile, eng.context = torch.device("cpu"), 2, EngineProfile(opt_batch=4, max_batch=4), Context()
+    eng.input_name, eng.output_name, eng.input_dtype, eng.output_dtype = "in", "out", torch.float32, torch.float32
+    eng.path = Path("x.plan")
+    eng.stream = FakeStream()
+    out = eng.run(torch.zeros(6, 1, 48, 48))
+    assert out.shape == (6, 2) and streams == [FakeStream.cuda_stream] * 2

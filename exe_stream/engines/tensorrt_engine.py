@@ -186,7 +186,8 @@ class TensorRTEngine:
                                                                device=self.device)
             self.stream.wait_stream(current)  # the input is complete before TensorRT reads it
             for t in (xin, oc):  # made on torch's stream, used on TensorRT's: not reused before
-                t.record_stream(self.stream)
+                if t.is_cuda:
+                    t.record_stream(self.stream)
             self.context.set_input_shape(self.input_name, tuple(xin.shape))
             self.context.set_tensor_address(self.input_name, xin.data_ptr())
             self.context.set_tensor_address(self.output_name, oc.data_ptr())
