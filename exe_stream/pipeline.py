@@ -389,7 +389,7 @@ def _checked_decoder(batches: Iterator[FrameBatch], name: str, path: Path,
         if first and fs.status(name) == "unchecked":
             reference = next(iter(get_decoder("pyav").frames(path, opts.sampling, len(batch))), None)
             if reference is None:
-                raise failsafe.Mismatch(f"it yielded frames where PyAV yields none")
+                raise failsafe.Mismatch("it yielded frames where PyAV yields none")
             try:
                 diff = _decoder_difference(batch, reference)
             except failsafe.Mismatch as e:

@@ -20,6 +20,7 @@ import cv2
 import mediapipe as mp
 import numpy as np
 import pytest
+from conftest import DEVICES
 import torch
 from safetensors.numpy import load_file
 
@@ -39,8 +40,6 @@ ASSETS = ROOT / "exe_stream" / "assets" / "models"
 # MediaPipe model_selection and its effective score threshold per detector.
 MP = {"blazeface-short": (0, 0.5), "blazeface-full": (1, 0.6)}
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA")])]
 
 
 def load_rgb(name: str) -> np.ndarray:

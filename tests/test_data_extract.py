@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import DEVICES
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -34,10 +35,6 @@ from media import clip_frames
 
 DATA = Path(__file__).parent / "data"
 CLIP = Path(__file__).parent.parent / "exe_stream" / "assets" / "clips" / "carphone_pristine.mp4"
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
-]
 runner = CliRunner()
 
 

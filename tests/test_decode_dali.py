@@ -23,6 +23,7 @@ pytest.importorskip("nvidia.dali", reason="DALI not installed (pip install nvidi
 from exe_stream.decode import Decoder, get_decoder  # noqa: E402
 from exe_stream.decode import dali as dali_module  # noqa: E402
 from exe_stream.decode.dali import DaliDecoder, DaliOptions  # noqa: E402
+from exe_stream.decode.index import IndexCache  # noqa: E402
 from exe_stream.decode.pyav import PyAVDecoder  # noqa: E402
 from exe_stream.errors import DecodeError  # noqa: E402
 from exe_stream.sampling import SamplingOptions  # noqa: E402
@@ -254,14 +255,14 @@ def test_frames_dali_numbers_differently_are_refused(films, monkeypatch):
 
 
 def test_films_without_timestamps_are_refused(films, monkeypatch):
-    real_index = PyAVDecoder._index
+    real_get = IndexCache.get
 
     def unordered(self, path, decode_first=False):
-        index = real_index(self, path, decode_first)
+        index = real_get(self, path, decode_first)
         index.ordered, index.fallback = False, "pts missing"
         return index
 
-    monkeypatch.setattr(PyAVDecoder, "_index", unordered)
+    monkeypatch.setattr(IndexCache, "get", unordered)
     with pytest.raises(DecodeError, match=r"vp9.webm: DALI needs the container's timestamps to number "
                        r"frames \(pts missing\); use --decoder pyav"):
         next(DaliDecoder().frames(films.vp9_webm, SamplingOptions(every=5), 4))

@@ -21,6 +21,7 @@ from exe_stream.decode.nvdec import (
     NvdecOptions, engines_for_gpu_name, frame_numbers, nvdec_engines, stack_surfaces,
 )
 from exe_stream.decode.planes import nv12_views
+from exe_stream.decode.index import demux_index
 from exe_stream.decode.pyav import PyAVDecoder
 from exe_stream.errors import DecodeError
 from exe_stream.sampling import SamplingOptions
@@ -74,7 +75,7 @@ def test_stack_surfaces_wrong_shape():
 
 
 def test_frame_numbering_is_detected(films):
-    index = PyAVDecoder()._index(films.h264_bframes)  # B-frames: decode != presentation order
+    index = demux_index(films.h264_bframes)  # B-frames: decode != presentation order
     assert not np.array_equal(index.pts, index.pts[index.order])
     assert frame_numbers(index.pts[index.order].tolist(), index.pts, index.order) == "presentation"
     assert frame_numbers(index.pts.tolist(), index.pts, index.order) == "decode"

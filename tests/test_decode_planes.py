@@ -7,16 +7,12 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import DEVICES
 import torch
 
 from exe_stream.decode.planes import apply_display_ops, nv12_views, rgb_to_i420, ycbcr444_to_i420
 from exe_stream.decode.pyav import _apply_ops as numpy_apply_ops
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA device")]),
-]
 OPS = ("cclock", "clock", "transpose", "antitranspose", "hflip", "vflip")
 
 

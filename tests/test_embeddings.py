@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEVICES
 import torch
 from typer.testing import CliRunner
 
@@ -21,10 +22,6 @@ from exe_stream.shards import prob_column, read_faces
 
 FER = "fer2013-minixception"
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # the FER model's
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
-]
 runner = CliRunner()
 
 

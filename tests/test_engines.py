@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEVICES, NEEDS_CUDA
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -34,8 +35,6 @@ from exe_stream.shards import faces_path, read_table
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 HAS_CUDA = torch.cuda.is_available()
-NEEDS_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
-DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 # Probabilities of an fp32 engine must match torch's to this.
 TOL = 1e-4
 runner = CliRunner()
@@ -56,9 +55,9 @@ def _ort_cuda() -> bool:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """One engine cache for the module, so each network is exported once."""
-    return tmp_path_factory.mktemp("engine-cache")
+def cache(engine_cache) -> Path:
+    """The session's engine cache (tests/conftest.py), so each network is exported once."""
+    return engine_cache
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEVICES
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -32,10 +33,6 @@ BOXES = {
     "grace_hopper_512x512.jpg": (0.3198, 0.2181, 0.7212, 0.6195),
     "Tom_Hanks_54745.png": (0.0709, 0.1077, 0.9016, 0.9385),
 }
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
-]
 runner = CliRunner()
 
 

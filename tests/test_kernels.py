@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEVICES, NEEDS_CUDA
 import torch
 
 import media
@@ -33,9 +34,7 @@ CMAKE = shutil.which("cmake")
 CC = shutil.which("cc") or shutil.which("gcc")
 HAS_CUDA = torch.cuda.is_available()
 EXPORTED = {"exs_roi_resample", "exs_roi_resample_host", "exs_check_device", "exs_abi_version", "exs_error_string"}
-NEEDS_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 # "cpu": the kernel's per-pixel code run on the host (exs_roi_resample_host); "cuda": the kernel.
-DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 SPEC_TOL = 1.0 / 255.0  # DESIGN.md: within 1/255 after scaling to [0, 1]
 
 

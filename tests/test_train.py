@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import DEVICES
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -34,10 +35,6 @@ from exe_stream.metrics import compute_metrics
 from exe_stream.train.loop import CHECKPOINT_DIR, HASHES_FILE, RUN_FILE, STATE_FILE, lr_at
 from exe_stream.train.network import build_classifier, freeze, load_matching
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
-]
 ROOT = Path(__file__).parent.parent
 LABELS = ("diagonal", "horizontal", "vertical")
 runner = CliRunner()

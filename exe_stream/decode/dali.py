@@ -11,7 +11,7 @@ Needs ``pip install nvidia-dali-cuda130`` (imported here only, lazily). Two pipe
 
 Which frames, and their timestamps. DALI numbers frames by sorting the packets' pts (and
 drops packets with negative pts: DALI ``frames_decoder_base.cc``, ``BuildIndex``), and its
-timestamps are relative to the first frame. The demux index of the PyAV backend (one demux
+timestamps are relative to the first frame. The demux index (``decode.index.demux_index``, one demux
 pass, no decoding) therefore picks the sampled presentation indices with ``select_frames``
 exactly as the ``pyav`` decoder does, and gives each frame its container pts and keyframe
 flag; DALI is asked for those frames by number, and every frame DALI returns is checked
@@ -81,7 +81,7 @@ from ..errors import DecodeError, UnsupportedByBackend
 from ..sampling import SamplingOptions
 from ..types import FilmInfo, FrameBatch
 from .planes import apply_display_ops, rgb_to_i420, ycbcr444_to_i420
-from .pyav import PyAVDecoder, sampled_frames
+from .index import IndexCache, film_info, sampled_frames
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130"
 
@@ -153,8 +153,8 @@ class DaliDecoder:
         if self.options.device == "gpu" and not torch.cuda.is_available():
             raise ValueError("DALI device 'gpu' needs a CUDA device, and torch sees none; "
                              "use device 'cpu' or 'auto'")
-        # The demux index, probe, rotation and colour of the PyAV backend (no decoding).
-        self._pyav = PyAVDecoder()
+        # Demux indexes (exe_stream.decode.index): timestamps, probe, rotation and colour.
+        self._indexes = IndexCache()
 
     @property
     def on_gpu(self) -> bool:
@@ -164,8 +164,9 @@ class DaliDecoder:
         return self.options.device == "gpu"
 
     def probe(self, path: str | Path) -> FilmInfo:
-        """The PyAV probe (a demux pass and one decoded frame): DALI reads the same file."""
-        return self._pyav.probe(path)
+        """The probe of the demux index (``decode.index.film_info``; a demux pass and one decoded
+        frame): DALI reads the same file."""
+        return film_info(path, self._indexes.get(path, decode_first=True))
 
     def frames(
         self, path: str | Path, sampling: SamplingOptions, batch_size: int
@@ -179,7 +180,7 @@ class DaliDecoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         path = Path(path)
-        index = self._pyav._index(path, decode_first=True)
+        index = self._indexes.get(path, decode_first=True)
         first = index.first_frame
         codecs = GPU_CODECS if self.on_gpu else CPU_CODECS
         if index.codec not in codecs:

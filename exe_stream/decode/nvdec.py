@@ -7,7 +7,7 @@ is made, with errors that say what is missing.
 
 How a film is read (``NvdecDecoder.frames``):
 
-1. The demux index of the PyAV backend (one demux pass, no decoding) gives every frame's pts
+1. The demux index (``decode.index.demux_index``: one demux pass, no decoding) gives every frame's pts
    and keyframe flag; ``select_frames`` picks the sampled presentation indices exactly as the
    ``pyav`` decoder does (exact or keyframe mode, every N frames or every S seconds).
 2. PyNvVideoCodec's ``SimpleDecoder`` (random access: it seeks to the keyframe before a
@@ -54,7 +54,7 @@ from ..errors import DecodeError, UnsupportedByBackend
 from ..sampling import SamplingOptions
 from ..types import FilmInfo, FrameBatch
 from .planes import apply_display_ops, nv12_views
-from .pyav import PyAVDecoder, sampled_frames
+from .index import IndexCache, film_info, sampled_frames
 
 INSTALL_HINT = "pip install pynvvideocodec"
 
@@ -231,11 +231,12 @@ class NvdecDecoder:
             raise ValueError("decoder 'nvdec' needs a CUDA device, and torch sees none; "
                              "use --decoder pyav (or dali) on the CPU")
         self.device = torch.device("cuda", self.options.device_id)
-        self._pyav = PyAVDecoder()
+        self._indexes = IndexCache()
 
     def probe(self, path: str | Path) -> FilmInfo:
-        """The PyAV probe: a demux pass and one decoded frame (size, rotation, colour)."""
-        return self._pyav.probe(path)
+        """The probe of the demux index (``decode.index.film_info``): a demux pass and one decoded
+        frame (size, rotation, colour)."""
+        return film_info(path, self._indexes.get(path, decode_first=True))
 
     def frames(
         self, path: str | Path, sampling: SamplingOptions, batch_size: int
@@ -248,7 +249,7 @@ class NvdecDecoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         path = Path(path)
-        index = self._pyav._index(path, decode_first=True)
+        index = self._indexes.get(path, decode_first=True)
         first = index.first_frame
         if index.n == 0:
             raise DecodeError(path, index.truncated or "the video stream holds no frames")
