@@ -49,6 +49,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from . import __version__, failsafe
+from .options import OptionError, check_range
 
 Status = Literal["pass", "fail", "skipped", "reference"]
 
@@ -132,14 +133,13 @@ class DoctorOptions:
     bench_repeats: int = 3
 
     def __post_init__(self) -> None:
-        if not Path(self.clip).is_file():
-            raise ValueError(f"doctor: clip {str(self.clip)!r} does not exist")
-        if self.bench_film is not None and not Path(self.bench_film).is_file():
-            raise ValueError(f"doctor: bench film {str(self.bench_film)!r} does not exist")
-        if self.bench_every < 1:
-            raise ValueError(f"bench_every must be >= 1, got {self.bench_every}")
-        if self.bench_repeats < 1:
-            raise ValueError(f"bench_repeats must be >= 1, got {self.bench_repeats}")
+        for name in ("clip", "bench_film"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise OptionError(name, f"must be a film, and {str(value)!r} does not exist")
+        check_range("bench_every", self.bench_every, lo=1, integer=True)
+        check_range("bench_repeats", self.bench_repeats, lo=1, integer=True)
+        check_range("bench_films_at_once", self.bench_films_at_once, lo=0, integer=True)
 
 
 def _version(dist: str) -> str | None:

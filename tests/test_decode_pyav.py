@@ -558,7 +558,7 @@ def test_dense_sampling_keeps_one_decoder(many_runs, monkeypatch):
 
 
 def test_stopping_early_stops_the_run_workers_and_closes_their_files(many_runs, monkeypatch):
-    from exe_stream.decode import pyav
+    from exe_stream.decode import index, pyav
 
     class Tracked:
         """A container that records whether it was closed."""
@@ -582,7 +582,8 @@ def test_stopping_early_stops_the_run_workers_and_closes_their_files(many_runs, 
 
     opened: list[Tracked] = []
     real_open = pyav._open
-    monkeypatch.setattr(pyav, "_open", lambda path: Tracked(real_open(path)))
+    monkeypatch.setattr(pyav, "_open", lambda path: Tracked(real_open(path)))  # the workers
+    monkeypatch.setattr(index, "_open", lambda path: Tracked(real_open(path)))  # the demux pass
     dec = PyAVDecoder(PyAVOptions(run_workers=3))
     it = dec.frames(many_runs, SamplingOptions(every=7), 2)
     first = next(it)

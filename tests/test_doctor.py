@@ -81,7 +81,32 @@ def test_bench_rows_and_json(report, tmp_path):
 
 
 def test_options_are_checked(tmp_path):
-    with pytest.raises(ValueError, match=r"doctor: clip '.*missing.mp4' does not exist"):
+    with pytest.raises(ValueError, match=r"clip must be a film, and '.*missing.mp4' does not exist"):
         DoctorOptions(clip=tmp_path / "missing.mp4")
     with pytest.raises(ValueError, match=r"bench_every must be >= 1, got 0"):
         DoctorOptions(bench_every=0)
+
+
+def test_cli_prints_the_report_writes_json_and_fails_on_a_failed_check(report, tmp_path, monkeypatch):
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    import exe_stream.doctor as doctor_module
+    from exe_stream.cli import app
+
+    monkeypatch.setattr(doctor_module, "doctor", lambda opts, on_check=None: report)
+    r = CliRunner().invoke(app, ["doctor", "--json", str(tmp_path / "d.json")])
+    assert r.exit_code == 0, r.output
+    assert "GPU: none (torch sees no CUDA device)" in r.output and "auto picks: device cpu, decoder pyav" in r.output
+    assert "onnxruntime" in r.output and "reference" in r.output
+    assert json.loads((tmp_path / "d.json").read_text())["auto"] == report.auto
+    broken = dataclasses.replace(report, checks=[dataclasses.replace(report.checks[0], status="fail",
+                                                                     detail="RuntimeError: [boom]")])
+    monkeypatch.setattr(doctor_module, "doctor", lambda opts, on_check=None: broken)
+    r = CliRunner().invoke(app, ["doctor"])
+    assert r.exit_code == 1 and "RuntimeError: [boom]" in r.output
+    r = CliRunner().invoke(app, ["doctor", "--bench-every", "0"])
+    assert r.exit_code == 2 and "--bench-every must be >= 1, got 0" in r.output
+    r = CliRunner().invoke(app, ["doctor", "--bench-film", str(tmp_path / "nope.mp4")])
+    assert r.exit_code == 2 and "--bench-film must be a film, and" in r.output

@@ -12,7 +12,7 @@ import typer
 
 from .. import __version__
 from ..metadata import load_metadata
-from . import bench, compare, data, demo, models, scan, train
+from . import bench, compare, data, demo, doctor, models, scan, train
 from ._errors import CliCommand, CliGroup
 
 __all__ = ["app", "main", "load_metadata"]
@@ -53,6 +53,7 @@ _add(app, "evaluate", train.evaluate_cmd)
 _add(app, "train", train.train_cmd)
 _add(app, "cluster", train.cluster_cmd)
 _add(app, "bench", bench.bench_cmd)
+_add(app, "doctor", doctor.doctor_cmd)
 _add(app, "version", bench.version_cmd)
 
 models_app = _typer(help="Emotion models: list the built-in ones, export to ONNX.")
