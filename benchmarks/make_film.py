@@ -36,14 +36,15 @@ def _upscaled_frames(clip: Path):
             yield canvas
 
 
-def encode_segment(path: Path, bitrate: int) -> int:
-    """Encode the bundled clips once, upscaled to 1080p; returns the number of frames."""
+def encode_segment(path: Path, bitrate: int, preset: str = "medium") -> int:
+    """Encode the bundled clips once, upscaled to 1080p, with x264 ``preset``; returns the
+    number of frames."""
     n = 0
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=FPS)
         s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         s.bit_rate = bitrate
-        s.options = {"preset": "medium", "bf": "3", "g": "250", "keyint_min": "25", "sc_threshold": "40"}
+        s.options = {"preset": preset, "bf": "3", "g": "250", "keyint_min": "25", "sc_threshold": "40"}
         s.codec_context.options = {"x264-params": "keyint=250:min-keyint=25:bframes=3:open-gop=0"}
         s.codec_context.color_primaries = 1
         s.codec_context.color_trc = 1
@@ -81,12 +82,13 @@ def loop_segment(segment: Path, path: Path, minutes: float) -> tuple[int, float]
     return seg_frames * loops, seg_frames * loops / FPS
 
 
-def make_film(path: Path, minutes: float, bitrate: int = 6_000_000, segment: Path | None = None) -> dict:
+def make_film(path: Path, minutes: float, bitrate: int = 6_000_000, segment: Path | None = None,
+              preset: str = "medium") -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     segment = segment or path.with_name("segment-1080p.mp4")
     t = time.perf_counter()
     if not segment.exists():
-        encode_segment(segment, bitrate)
+        encode_segment(segment, bitrate, preset)
     enc_s = time.perf_counter() - t
     frames, seconds = loop_segment(segment, path, minutes)
     return {"path": str(path), "frames": frames, "seconds": seconds, "segment_encode_s": enc_s,
@@ -98,8 +100,9 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--bitrate", type=int, default=6_000_000)
+    ap.add_argument("--preset", default="medium", help="x264 preset (a quick rehearsal: ultrafast)")
     a = ap.parse_args()
-    print(make_film(a.out, a.minutes, a.bitrate))
+    print(make_film(a.out, a.minutes, a.bitrate, preset=a.preset))
 
 
 if __name__ == "__main__":
