@@ -91,7 +91,9 @@ class DoctorReport:
     system: dict[str, Any]
     checks: list[Check]
     auto: dict[str, str]
+    # The bench rows (None: not asked for), and why the bench stopped ("" when it did not).
     bench: list[dict[str, Any]] | None = None
+    bench_error: str = ""
 
     def check(self, name: str) -> Check:
         for c in self.checks:
@@ -101,7 +103,7 @@ class DoctorReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"system": self.system, "checks": [asdict(c) for c in self.checks], "auto": self.auto,
-                "bench": self.bench}
+                "bench": self.bench, "bench_error": self.bench_error}
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, default=str)
@@ -258,8 +260,12 @@ def check_decoders(clip: Path, device: torch.device) -> list[Check]:
 
     checks = []
     c = Check("pyav", "decoder", True, True, "reference", "")
-    checks.append(_guard(c, lambda: setattr(c, "detail", f"the verified decoder: decoded "
-                                                        f"{len(_first_batch(get_decoder('pyav'), clip))} frames of {clip.name}")))
+
+    def run_pyav() -> None:
+        n = len(_first_batch(get_decoder("pyav"), clip))
+        c.detail = f"the verified decoder: decoded {n} frames of {clip.name}"
+
+    checks.append(_guard(c, run_pyav))
 
     dali = Check("dali", "decoder", importlib.util.find_spec("nvidia") is not None
                  and importlib.util.find_spec("nvidia.dali") is not None, None, "skipped", "")
@@ -445,8 +451,17 @@ def doctor(opts: DoctorOptions = DoctorOptions(), on_check: Callable[[Check], No
             {"cuda-graphs": "torch"}.get(c.name, c.name) for c in checks
             if c.kind == "engine" and c.status in ("pass", "reference"))
         at_once = opts.bench_films_at_once or (system["gpu"]["nvdec_engines"] if system.get("gpu") else 2)
-        bopts = BenchOptions(every=opts.bench_every, device=device.type, engines=tuple(dict.fromkeys(engines)),
-                             batch_sizes=opts.bench_batch_sizes, films_at_once=at_once,
-                             repeats=opts.bench_repeats)
-        report.bench = bench(Path(opts.bench_film or clip), bopts).rows
+        # The decoder auto picks, unless its check failed (the bench decodes without the fail-safe).
+        decoder = report.auto["decoder"]
+        if any(c.name == decoder and c.status == "fail" for c in checks):
+            decoder = "pyav"
+        bopts = BenchOptions(every=opts.bench_every, device=device.type, decoder=decoder,
+                             engines=tuple(dict.fromkeys(engines)), batch_sizes=opts.bench_batch_sizes,
+                             films_at_once=at_once, repeats=opts.bench_repeats)
+        try:
+            report.bench = bench(Path(opts.bench_film or clip), bopts).rows
+        except Exception as e:  # a finding like a failed check: the report is still written
+            _debug(traceback.format_exc())
+            report.bench = []
+            report.bench_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import ctypes.util
 import gc
 import hashlib
@@ -26,7 +27,9 @@ from . import __version__
 from .classify import classify_faces
 from .decode import find_videos, get_decoder
 from .detect import DetectorOptions, detect_faces
-from .engines import EngineError, EngineProfile, attach_engine, engine_key, load_profile, resolve_engine
+from .engines import (
+    COMPONENT_OF_ENGINE, EngineError, EngineProfile, attach_engine, engine_key, load_profile, resolve_engine,
+)
 from . import failsafe
 from .errors import DecodeError, DiskFullError, UnsupportedByBackend
 from .models import EmotionModel, load_model, resolve_device
@@ -55,8 +58,8 @@ class ScanOptions:
     models: tuple[str, ...] = ("fer2013-minixception",)
     # Where detection and classification run; "auto" picks CUDA when available.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Decoder backend; "auto" picks PyAV on the CPU path, and NVDEC on CUDA when PyNvVideoCodec
-    # is installed (else PyAV).
+    # Decoder backend; "auto" picks PyAV on the CPU path, and NVDEC on CUDA where PyNvVideoCodec
+    # loads (else PyAV). An accelerated decoder never fails a film (exe_stream.failsafe).
     decoder: str = "auto"
     # Inference engine: torch, onnxruntime or tensorrt (exe_stream.engines); "auto" is torch on
     # the CPU, and on CUDA tensorrt when it is installed, else torch.
@@ -154,19 +157,21 @@ def _resolve_engine(opts: ScanOptions, device: torch.device) -> tuple[str, Engin
 
 
 def _attach_engines(models: list[EmotionModel], engine: str, profile: EngineProfile, auto: bool,
-                    device: torch.device) -> tuple[list[EmotionModel], str]:
-    """The models with engine ``engine`` attached, and the engine. With ``--engine auto`` an
-    accelerated engine that cannot be built here (TensorRT failing to build a plan, ...) is
-    switched off with one warning and the models run in torch; an engine asked for by name
-    fails the scan before any film (EngineError)."""
+                    device: torch.device) -> tuple[list[EmotionModel], str, EngineProfile]:
+    """The models with engine ``engine`` attached, the engine and the profile that run. An
+    accelerated engine that cannot be built here (TensorRT failing to build its plan, a CUDA
+    graph failing to capture, ...) is switched off with one warning and the plain torch model
+    runs instead, when the engine is "auto" or "torch"; an engine asked for by name
+    (onnxruntime, tensorrt) fails the scan before any film (EngineError)."""
     try:
-        return [attach_engine(m, engine, profile) for m in models], engine
+        return [attach_engine(m, engine, profile) for m in models], engine, profile
     except Exception as e:
-        if not auto or engine == "torch":
-            raise
-        component = {"tensorrt": "tensorrt", "onnxruntime": "onnxruntime-cuda"}.get(engine, engine)
+        if not (auto or engine == "torch") or (engine == "torch" and device.type != "cuda"):
+            raise  # asked for by name, or plain torch on the CPU: nothing to fall back to
+        component = COMPONENT_OF_ENGINE.get(engine, COMPONENT_OF_ENGINE["torch"])
         failsafe.current().switch_off(component, f"cannot be built here: {type(e).__name__}: {e}")
-        return [attach_engine(m, "torch", profile) for m in models], "torch"
+        plain = dataclasses.replace(profile, precision="fp32", channels_last=False, cuda_graphs=False)
+        return [attach_engine(m, "torch", plain) for m in models], "torch", plain
 
 
 def _options_key(opts: ScanOptions, models: Sequence[EmotionModel], decoder: str,
@@ -678,7 +683,7 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
     engine, profile = _resolve_engine(opts, device)
     models = [load_model(spec, device) for spec in opts.models]
     if not opts.embeddings:  # embeddings hook the plain torch networks (see _resolve_engine)
-        models, engine = _attach_engines(models, engine, profile, opts.engine == "auto", device)
+        models, engine, profile = _attach_engines(models, engine, profile, opts.engine == "auto", device)
     key = _options_key(opts, models, decoder_name, None if opts.embeddings else engine_key(engine, device, profile))
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(out)

@@ -110,3 +110,24 @@ def test_cli_prints_the_report_writes_json_and_fails_on_a_failed_check(report, t
     assert r.exit_code == 2 and "--bench-every must be >= 1, got 0" in r.output
     r = CliRunner().invoke(app, ["doctor", "--bench-film", str(tmp_path / "nope.mp4")])
     assert r.exit_code == 2 and "--bench-film must be a film, and" in r.output
+
+
+def test_a_bench_that_stops_is_reported_not_raised(report, monkeypatch):
+    import exe_stream.bench as bench_module
+    import exe_stream.doctor as doctor_module
+
+    monkeypatch.setattr(doctor_module, "system_info", lambda clip: report.system)
+    monkeypatch.setattr(doctor_module, "check_decoders", lambda clip, device: report.checks[:3])
+    monkeypatch.setattr(doctor_module, "check_kernels", lambda clip, device: report.checks[3])
+    monkeypatch.setattr(doctor_module, "check_engines", lambda clip, device, model: report.checks[4:])
+    used = []
+
+    def broken(film, opts, on_row=None):
+        used.append(opts)
+        raise RuntimeError("cuvidMapVideoFrame failed\nmore")
+
+    monkeypatch.setattr(bench_module, "bench", broken)
+    r = doctor(DoctorOptions(bench=True))
+    assert r.bench == [] and r.bench_error == "RuntimeError: cuvidMapVideoFrame failed"
+    assert used[0].decoder == "pyav" and used[0].engines == ("torch", "onnxruntime")
+    assert json.loads(r.to_json())["bench_error"] == r.bench_error

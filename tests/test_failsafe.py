@@ -257,3 +257,26 @@ def test_engine_auto_falls_back_to_torch_when_the_accelerated_one_cannot_be_buil
     # Asked for by name, the same failure stops the scan before any film.
     with pytest.raises(engines.EngineError, match="failed to build a plan"):
         scan(two_films[:1], tmp_path / "named", ScanOptions(**{**OPTS, "engine": "tensorrt"}))
+
+
+def test_cuda_graphs_that_cannot_be_captured_give_way_to_the_plain_model(monkeypatch, caplog):
+    built = []
+
+    def attach(m, name, profile):
+        if profile.cuda_graphs:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        built.append((name, profile.precision, profile.channels_last, profile.cuda_graphs))
+        return m
+
+    monkeypatch.setattr(pipeline, "attach_engine", attach)
+    with failsafe.session() as fs:
+        models, engine, profile = pipeline._attach_engines(["m"], "torch", engines.load_profile("default"),
+                                                           auto=False, device=torch.device("cuda", 0))
+        assert fs.status("cuda-graphs") == "off"
+    assert models == ["m"] and engine == "torch" and built == [("torch", "fp32", False, False)]
+    assert profile.precision == "fp32" and not profile.cuda_graphs  # the resume key follows what runs
+    (msg,) = _warnings(caplog)
+    assert "cuda-graphs (" in msg and "cannot be built here: RuntimeError: CUDA error" in msg
+    with pytest.raises(RuntimeError, match="not permitted"):  # on the CPU there is nothing to give way to
+        pipeline._attach_engines(["m"], "torch", engines.load_profile("default"), auto=True,
+                                 device=torch.device("cpu"))

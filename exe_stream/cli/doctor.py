@@ -29,7 +29,8 @@ def doctor_cmd(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log each check's traceback.")] = False,
 ) -> None:
     """Python, torch, CUDA, driver and GPU; each backend installed, importable and passing its
-    parity check on a bundled clip (with the figure); what auto picks. Exit 1 if a check fails."""
+    parity check on a bundled clip (with the figure); what auto picks. Exit 1 if a check (or
+    the bench) fails."""
     from ..doctor import DoctorOptions, doctor
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
@@ -67,8 +68,10 @@ def doctor_cmd(
         for cells in format_rows(report.bench):
             bt.add_row(*(escape(x) for x in cells))
         wide(120).print(bt)
+    if report.bench_error:
+        say(f"the bench stopped: {report.bench_error}")
     if json_out is not None:
         report.to_json(json_out)
         say(f"json: {json_out}")
-    if any(c.status == "fail" for c in report.checks):
+    if report.bench_error or any(c.status == "fail" for c in report.checks):
         raise typer.Exit(EXIT_FAILED)

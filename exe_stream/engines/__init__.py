@@ -195,6 +195,8 @@ def get_engine(
 # Largest difference of the softmax probabilities allowed between an accelerated engine's first
 # batch and the plain fp32 torch network (exe_stream.failsafe), by the engine's precision.
 PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
+# Engine -> its accelerated component on CUDA (failsafe.COMPONENTS).
+COMPONENT_OF_ENGINE = {"torch": "cuda-graphs", "onnxruntime": "onnxruntime-cuda", "tensorrt": "tensorrt"}
 
 
 def accelerated_component(engine: Engine) -> str | None:
@@ -205,8 +207,8 @@ def accelerated_component(engine: Engine) -> str | None:
     if engine.name == "torch":
         plain = not (getattr(engine, "use_graphs", False) or getattr(engine, "channels_last", False)
                      or getattr(engine, "dtype", torch.float32) != torch.float32)
-        return None if plain else "cuda-graphs"
-    return {"onnxruntime": "onnxruntime-cuda", "tensorrt": "tensorrt"}.get(engine.name)
+        return None if plain else COMPONENT_OF_ENGINE["torch"]
+    return COMPONENT_OF_ENGINE.get(engine.name)
 
 
 def _probability_diff(got: torch.Tensor, want: torch.Tensor) -> float:
