@@ -24,7 +24,7 @@ import exe_stream.engines as engines
 from exe_stream import decode, failsafe, pipeline, roi
 from exe_stream.decode.pyav import PyAVDecoder
 from exe_stream.engines.torch_engine import TorchEngine
-from exe_stream.errors import DecodeError, UnsupportedByBackend
+from exe_stream.errors import UnsupportedByBackend
 from exe_stream.pipeline import ScanOptions, scan
 from exe_stream.sampling import SamplingOptions
 from exe_stream.shards import faces_path, frames_path, read_table
