@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
@@ -46,9 +46,19 @@ log = logging.getLogger(__name__)
 Status = Literal["done", "partial", "failed", "skipped"]
 
 
+def _runtime(default: Any) -> Any:
+    """A ScanOptions field that changes how a scan runs but never what it writes: the one kind
+    of field left out of the resume key (``_options_key``). Every other field is in the key."""
+    return field(default=default, metadata={"changes_output": False})
+
+
 @dataclass(frozen=True)
 class ScanOptions:
-    """Everything that decides what a scan writes (part of each film's resume key)."""
+    """How to scan: plain values, so the options travel to Ray workers as they are.
+
+    Every field is part of each film's resume key (``_options_key``) unless it is declared with
+    ``_runtime(...)`` (changes how the scan runs, never what it writes).
+    """
 
     # Which frames are sampled (every N frames or every S seconds; exact or keyframe).
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
@@ -56,8 +66,10 @@ class ScanOptions:
     detector: DetectorOptions = field(default_factory=DetectorOptions)
     # Emotion models: built-in names, model directories, or "ens:a+b" ensembles.
     models: tuple[str, ...] = ("fer2013-minixception",)
-    # Where detection and classification run; "auto" picks CUDA when available.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Where detection and classification run; "auto" picks CUDA when available. Not in the key:
+    # fp32 torch agrees on CPU and CUDA to float tolerance, and the engine's key carries the
+    # device where the engine makes it matter (reduced precision, TensorRT plans).
+    device: Literal["auto", "cpu", "cuda"] = _runtime("auto")
     # Decoder backend; "auto" picks PyAV on the CPU path, and NVDEC on CUDA where PyNvVideoCodec
     # loads (else PyAV). An accelerated decoder never fails a film (exe_stream.failsafe).
     decoder: str = "auto"
@@ -67,16 +79,16 @@ class ScanOptions:
     # Engine build profile (precision, batch buckets/ranges): a name in engines/ or a TOML path.
     engine_profile: str = "default"
     # Sampled frames per batch through detection and classification.
-    batch_size: int = 16
+    batch_size: int = _runtime(16)
     # Redo nothing that is already done with the same film, options and models.
-    resume: bool = True
+    resume: bool = _runtime(True)
     # Also store each face's penultimate-layer embedding per model (OUT/embeddings/, see
     # exe_stream.embeddings); the v1 shards are unchanged.
     embeddings: bool = False
     # Films decoded at once, each by its own decoder thread, their detection and classification
     # taking turns (see _FilmsAtOnce); 0 = automatic: one per NVDEC engine with the nvdec
     # decoder on CUDA, else 1. Does not change what is written.
-    films_at_once: int = 0
+    films_at_once: int = _runtime(0)
 
     def __post_init__(self) -> None:
         check_range("films_at_once", self.films_at_once, lo=0, integer=True)
@@ -176,17 +188,23 @@ def _attach_engines(models: list[EmotionModel], engine: str, profile: EngineProf
 
 def _options_key(opts: ScanOptions, models: Sequence[EmotionModel], decoder: str,
                  engine: dict[str, Any] | None = None) -> str:
-    """Hash of everything that changes a film's shards: sampling, detector, models, decoder,
-    and the engine (``engines.engine_key``; None for fp32 torch, the key of older scans)."""
-    key = {
-        "sampling": asdict(opts.sampling),
-        "detector": asdict(opts.detector),
+    """Hash of everything that changes a film's shards, built from ``opts``' fields: each field
+    not declared ``_runtime`` is in the key, so a new option is in it unless said otherwise.
+    Fields named by what they resolve to enter as that: ``models`` as each model's content
+    hash, ``decoder`` as the decoder that runs, ``engine`` and ``engine_profile`` as
+    ``engines.engine_key`` (None for fp32 torch)."""
+    resolved: dict[str, Any] = {
         "models": {m.model_id: m.content_hash for m in models},
         "decoder": decoder,
-        "schema": "1",
-        **({"embeddings": True} if opts.embeddings else {}),
-        **({"engine": engine} if engine else {}),
+        "engine": engine,
+        "engine_profile": None,  # inside the engine's key
     }
+    key: dict[str, Any] = {"schema": SCHEMA_VERSION}
+    for f in fields(opts):
+        if not f.metadata.get("changes_output", True):
+            continue
+        value = resolved[f.name] if f.name in resolved else getattr(opts, f.name)
+        key[f.name] = asdict(value) if is_dataclass(value) else value
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -676,15 +694,53 @@ def _cpu_threads(device: torch.device, mode: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end,
-          on_film_frames=None) -> ScanResult:
-    decoder_name = _resolve_backends(opts, device)
-    get_decoder(decoder_name)  # unknown names fail before any work
-    engine, profile = _resolve_engine(opts, device)
-    models = [load_model(spec, device) for spec in opts.models]
-    if not opts.embeddings:  # embeddings hook the plain torch networks (see _resolve_engine)
-        models, engine, profile = _attach_engines(models, engine, profile, opts.engine == "auto", device)
-    key = _options_key(opts, models, decoder_name, None if opts.embeddings else engine_key(engine, device, profile))
+class FilmScanner:
+    """One scan's setup, apart from its per-film work: resolves the decoder and engine, loads
+    the models (in their engine) and computes the resume key once; calling it on a film scans
+    that film, writes its shards and returns its manifest entry. The callable-class shape Ray's
+    ``map_batches`` expects: the local scan and the Ray scan (``exe_stream.ray_scan``) both run
+    films through this class, and neither it nor its workers touch the manifest; the caller (the
+    driver) records the entries.
+    """
+
+    def __init__(self, opts: ScanOptions, device: str | torch.device | None = None) -> None:
+        self.opts = opts
+        # Where it runs: ``device``, else ``opts.device`` ("auto" picks CUDA when available).
+        self.device = device if isinstance(device, torch.device) else resolve_device(device or opts.device)
+        self.decoder = _resolve_backends(opts, self.device)
+        get_decoder(self.decoder)  # unknown names fail before any work
+        self.engine, self.profile = _resolve_engine(opts, self.device)
+        models = [load_model(spec, self.device) for spec in opts.models]
+        if not opts.embeddings:  # embeddings hook the plain torch networks (see _resolve_engine)
+            models, self.engine, self.profile = _attach_engines(models, self.engine, self.profile,
+                                                                opts.engine == "auto", self.device)
+        self.models = models
+        self.key = _options_key(opts, models, self.decoder,
+                                None if opts.embeddings else engine_key(self.engine, self.device, self.profile))
+
+    def __call__(self, path: str | Path, film_id: str, out: str | Path,
+                 on_frames: Callable[[int, int], None] | None = None,
+                 gate: _InferenceGate | None = None) -> tuple[FilmResult, dict[str, Any]]:
+        """Scan one film into ``out`` as ``film_id``: its result and its manifest entry (without
+        the fingerprint and metadata, which the driver adds). Never raises for a bad film: a
+        film that cannot be scanned comes back ``failed`` (or ``partial``) with its reason."""
+        return _scan_film(Path(path), film_id, Path(out), self.opts, self.models, self.decoder,
+                          self.device, self.key, on_frames, gate)
+
+    def scan_record(self, films: int) -> dict[str, Any]:
+        """This scan's entry in the manifest's ``scans`` list."""
+        return {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "exe_stream_version": __version__,
+            "options": json.loads(json.dumps(asdict(self.opts), default=str)), "options_key": self.key,
+            "models": {m.model_id: {"hash": m.content_hash, "labels": list(m.labels)} for m in self.models},
+            "device": str(self.device), "engine": self.engine, "engine_profile": self.profile.settings(),
+            "films": films,
+        }
+
+
+def _open_output(out: Path, label_sets: Iterable[Sequence[str]]) -> Manifest:
+    """Make a scan's output ready for the shards of models with these label sets; its manifest.
+    An output written by an older schema is refused (a new directory is needed)."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(out)
     if manifest.version != SCHEMA_VERSION and manifest.films:
@@ -692,33 +748,68 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
                          f"directory (stats and report still read this one)")
     # The union schema of each dataset grows before files with new columns are written.
     declare_schema(out, "frames", FRAMES_SCHEMA)
-    for m in models:
-        declare_schema(out, "faces", faces_schema(m.labels))
-    manifest.scans.append({
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "exe_stream_version": __version__,
-        "options": json.loads(json.dumps(asdict(opts), default=str)), "options_key": key,
-        "models": {m.model_id: {"hash": m.content_hash, "labels": list(m.labels)} for m in models},
-        "device": str(device), "engine": engine, "engine_profile": profile.settings(), "films": len(films),
-    })
+    for labels in label_sets:
+        declare_schema(out, "faces", faces_schema(labels))
+    return manifest
+
+
+def _is_done(prev: dict[str, Any], fp: str, keys: Iterable[str], opts: ScanOptions,
+             shards_exist: Callable[[], bool]) -> bool:
+    """Whether a film's previous manifest entry ``prev`` can stand (resume): ``done`` with the
+    same fingerprint and one of the scan's option keys, and ``shards_exist()``."""
+    return (opts.resume and prev.get("status") == "done" and prev.get("fingerprint") == fp
+            and prev.get("options_key") in set(keys) and shards_exist())
+
+
+def _local_shards_exist(out: Path, film_id: str, opts: ScanOptions, model_ids: Sequence[str]) -> bool:
+    """Whether a film's shards (and embeddings, when the scan stores them) are all under ``out``."""
+    return done_shards_exist(out, film_id, model_ids) and (
+        not opts.embeddings or all(embeddings_path(out, film_id, m).exists() for m in model_ids))
+
+
+def _finish_entry(entry: dict[str, Any], fp: str, res: FilmResult,
+                  metadata: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """A worker's manifest entry completed by the driver: the fingerprint, and the film's row
+    of ``--metadata`` (by film id or file name) when there is one."""
+    entry["fingerprint"] = fp
+    meta = (metadata or {}).get(res.film_id) or (metadata or {}).get(Path(res.path).name)
+    if meta:
+        entry["metadata"] = meta
+    return entry
+
+
+def _skipped(path: Path, film_id: str, prev: dict[str, Any]) -> FilmResult:
+    return FilmResult(film_id, str(path), "skipped", "already scanned with the same options",
+                      frames=prev.get("frames_sampled", 0), faces=prev.get("faces", 0))
+
+
+def _fingerprint(path: Path) -> str:
+    try:
+        return fingerprint(path)
+    except OSError as e:
+        log.debug("cannot fingerprint %s: %s", path, e)
+        return ""
+
+
+def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end,
+          on_film_frames=None) -> ScanResult:
+    scanner = FilmScanner(opts, device)
+    manifest = _open_output(out, [m.labels for m in scanner.models])
+    manifest.scans.append(scanner.scan_record(len(films)))
     results: dict[int, FilmResult] = {}
     # Several films may decode at once (--films-at-once); each is recorded as it finishes.
-    at_once = _FilmsAtOnce(_films_at_once(opts, decoder_name, device, films))
+    at_once = _FilmsAtOnce(_films_at_once(opts, scanner.decoder, scanner.device, films))
 
     def record(i: int, res: FilmResult, entry: dict[str, Any] | None, fp: str) -> None:
         if entry is not None:
-            entry["fingerprint"] = fp
-            meta = (metadata or {}).get(res.film_id) or (metadata or {}).get(Path(res.path).name)
-            if meta:
-                entry["metadata"] = meta
-            manifest.films[res.film_id] = entry
+            manifest.films[res.film_id] = _finish_entry(entry, fp, res, metadata)
             manifest.save()
         results[i] = res
         if on_film_end:
             on_film_end(res)
 
     try:
-        _scan_films(films, out, opts, models, decoder_name, device, key, manifest, at_once, record,
-                    on_film_start, on_frames, on_film_frames)
+        _scan_films(films, out, scanner, manifest, at_once, record, on_film_start, on_frames, on_film_frames)
     except DiskFullError as e:
         finished = sum(r.status in ("done", "partial", "skipped") for r in results.values())
         raise DiskFullError(e.path, f"{finished} of {len(films)} films finished before it and are in "
@@ -726,9 +817,9 @@ def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_
     return ScanResult(out=out, films=[results[i] for i in range(len(films))])
 
 
-def _scan_films(films, out, opts, models, decoder_name, device, key, manifest, at_once, record,
-                on_film_start, on_frames, on_film_frames) -> None:
+def _scan_films(films, out, scanner, manifest, at_once, record, on_film_start, on_frames, on_film_frames) -> None:
     """Scan (or skip, when resuming) each film; ``record`` gets each one as it finishes."""
+    model_ids = [m.model_id for m in scanner.models]
     taken: set[str] = set()
     for i, path in enumerate(films):
         at_once.wait_for_slot()
@@ -736,24 +827,15 @@ def _scan_films(films, out, opts, models, decoder_name, device, key, manifest, a
         taken.add(film_id)
         if on_film_start:
             on_film_start(film_id, path, i)
-        try:
-            fp = fingerprint(path)
-        except OSError as e:
-            fp = ""
-            log.debug("cannot fingerprint %s: %s", path, e)
+        fp = _fingerprint(path)
         prev = manifest.films.get(film_id, {})
-        if (opts.resume and prev.get("status") == "done" and prev.get("fingerprint") == fp
-                and prev.get("options_key") == key
-                and done_shards_exist(out, film_id, [m.model_id for m in models])
-                and (not opts.embeddings
-                     or all(embeddings_path(out, film_id, m.model_id).exists() for m in models))):
-            record(i, FilmResult(film_id, str(path), "skipped", "already scanned with the same options",
-                                 frames=prev.get("frames_sampled", 0), faces=prev.get("faces", 0)), None, fp)
+        if _is_done(prev, fp, [scanner.key], scanner.opts,
+                    lambda: _local_shards_exist(out, film_id, scanner.opts, model_ids)):
+            record(i, _skipped(path, film_id, prev), None, fp)
         else:
             frames_cb = _frames_callback(film_id, on_frames, on_film_frames)
             at_once.start(
-                lambda gate, a=(path, film_id, frames_cb): _scan_film(
-                    a[0], a[1], out, opts, models, decoder_name, device, key, a[2], gate),
+                lambda gate, a=(path, film_id, frames_cb): scanner(a[0], a[1], out, a[2], gate),
                 lambda done, i=i, fp=fp: record(i, done[0], done[1], fp),
             )
     at_once.finish()

@@ -171,3 +171,30 @@ def test_unknown_model_and_engine_fail_before_any_work(tmp_path, clips):
     with pytest.raises(Exception, match="engine 'tensorrt'"):  # not installed, or no CUDA
         scan([clips / "carphone_pristine.mp4"], tmp_path / "o", _opts(engine="tensorrt"))
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_every_option_that_is_not_runtime_is_in_the_resume_key():
+    """The key is built from ScanOptions' fields: a new field is in it unless declared _runtime."""
+    from dataclasses import dataclass
+
+    from exe_stream.detect import DetectorOptions
+    from exe_stream.models import load_model
+    from exe_stream.pipeline import _options_key
+
+    models = [load_model(FER, torch.device("cpu"))]
+    base = _options_key(_opts(), models, "pyav")
+    # What changes the output changes the key ...
+    assert _options_key(_opts(sampling=SamplingOptions(every=11)), models, "pyav") != base
+    assert _options_key(_opts(detector=DetectorOptions(max_faces=1)), models, "pyav") != base
+    assert _options_key(_opts(embeddings=True), models, "pyav") != base
+    assert _options_key(_opts(), models, "dali") != base
+    assert _options_key(_opts(), models, "pyav", {"engine": "onnxruntime"}) != base
+    # ... how the scan runs does not.
+    assert _options_key(_opts(batch_size=3, resume=False, films_at_once=2, device="cuda"), models, "pyav") == base
+
+    @dataclass(frozen=True)
+    class Extended(ScanOptions):
+        new_option: int = 0  # a field nobody remembered to add to the key
+
+    assert _options_key(Extended(new_option=1, sampling=SamplingOptions(every=10)), models, "pyav") != \
+        _options_key(Extended(new_option=0, sampling=SamplingOptions(every=10)), models, "pyav")
