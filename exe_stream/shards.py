@@ -345,7 +345,9 @@ class Manifest:
     def film_id_for(self, path: Path, taken: set[str]) -> str:
         """The film's id: its previous id in this output if any, else a slug of its file name
         (made unique with a short hash of the resolved path when the slug is taken)."""
-        resolved = str(Path(path).resolve())
+        from .storage import is_uri
+
+        resolved = str(path) if is_uri(path) else str(Path(path).resolve())  # a URI names itself
         for fid, entry in self.films.items():
             if entry.get("path") == resolved:
                 return fid
@@ -380,3 +382,16 @@ def remove_film_shards(out: Path, film_id: str) -> None:
     for ds in DATASETS:
         for s in find_shards(out, ds, film_id=film_id):
             s.path.unlink(missing_ok=True)
+
+
+def remove_film_temporaries(out: Path, film_id: str) -> int:
+    """Delete the temporary files a writer killed mid-write left beside a film's shards (see
+    ``atomic.TMP_GLOB``; complete shards are never touched); the number removed."""
+    n = 0
+    for ds in DATASETS:
+        root = Path(out) / ds
+        for d in [root, *sorted(root.glob("*"))] if root.is_dir() else ():
+            for p in d.glob(f".{film_id}.parquet.tmp-*") if d.is_dir() else ():
+                p.unlink(missing_ok=True)
+                n += 1
+    return n

@@ -60,7 +60,9 @@ def progress_bar(quiet: bool, label: str) -> tuple[contextlib.AbstractContextMan
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars or summary; errors still go to stderr.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 MetadataFile = Annotated[Optional[Path], typer.Option("--metadata", help="film_id/title/genre CSV or JSON.")]
-ScanOut = Annotated[Path, typer.Argument(help="A scan's output directory.")]
+# A str, not a Path: stats and report also read a scan in object storage, and Path("s3://b")
+# would lose a slash.
+ScanOut = Annotated[str, typer.Argument(help="A scan's output directory, or its s3:// or gs:// URI.")]
 
 # Statistics options of `stats` and `report` (the per-film measure and the comparison).
 Measure = Annotated[str, typer.Option("--measure", help="label (share of faces with that top label) | prob (mean probability)")]

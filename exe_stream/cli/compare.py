@@ -108,12 +108,15 @@ def stats_cmd(
     check_choice("fmt", fmt, ("table", "csv", "json", "arrow"))
     if fmt == "arrow" and output is None:
         raise ValueError("--format arrow needs -o FILE")
-    if not out.is_dir():
+    from ..storage import is_uri, local_copy
+
+    if not is_uri(out) and not Path(out).is_dir():
         raise ValueError(f"scan output directory {out} does not exist")
     opts = _stats_options(measure, per, min_confidence, min_face_area, largest_only, correction, n_boot, seed, by)
     meta = load_metadata(metadata) if metadata else None
-    model_a, model_b = _resolve_models(out, a, b)
-    result = stats(out, model_a, model_b, opts, metadata=meta)
+    with local_copy(out) as local:  # a scan in object storage is read from a temporary copy
+        model_a, model_b = _resolve_models(local, a, b)
+        result = stats(local, model_a, model_b, opts, metadata=meta)
     if fmt == "table":
         print_stats(result)
         if output is not None:
@@ -152,9 +155,13 @@ def report_cmd(
 ) -> None:
     """Plots (PNG) and one self-contained HTML page: shares, timelines, face sizes, model differences."""
     from ..report import report
+    from ..storage import is_uri, local_copy
 
+    if is_uri(out) and out_dir is None:
+        raise ValueError(f"the report of a scan in object storage ({out}) needs -o DIR for its files")
     opts = _stats_options(measure, per, min_confidence, min_face_area, largest_only, correction, n_boot, seed, by)
     meta = load_metadata(metadata) if metadata else None
-    result = report(out, out_dir, a=a, b=b, opts=opts, metadata=meta, window=window)
+    with local_copy(out) as local:  # a scan in object storage is read from a temporary copy
+        result = report(local, out_dir, a=a, b=b, opts=opts, metadata=meta, window=window)
     say(f"report: {result.html}")
     say(f"plots:  {len(result.plots)} PNG files in {result.out_dir}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -13,22 +14,25 @@ from rich.table import Table
 
 from ..metadata import load_metadata
 from ._common import MetadataFile, Quiet, console, escape, out_console, say
+from .ray import RayAddress, RayCpusPerFilm, RayFilmsPerGpu, RayMaxAttempts, ray_options
 
 
 def print_summary(result, models: list[str]) -> None:
     """Summary table: per film status, frames, faces and each model's top emotions."""
     from ..shards import read_faces
+    from ..storage import local_copy
 
     ids = {f.film_id for f in result.films}
     shares: dict[str, Counter] = {}
-    for m in models:
-        try:
-            t = read_faces(result.out, m)
-        except FileNotFoundError:
-            shares[m] = Counter()
-            continue
-        film = t.column("film_id").to_pylist()
-        shares[m] = Counter(lbl for fid, lbl in zip(film, t.column("label").to_pylist()) if fid in ids)
+    with local_copy(result.out) as local:  # a temporary copy of an output in object storage
+        for m in models:
+            try:
+                t = read_faces(local, m)
+            except FileNotFoundError:
+                shares[m] = Counter()
+                continue
+            film = t.column("film_id").to_pylist()
+            shares[m] = Counter(lbl for fid, lbl in zip(film, t.column("label").to_pylist()) if fid in ids)
     table = Table(title=escape(f"exe-stream scan -> {result.out}"), show_lines=False)
     for col in ("film", "status", "frames", "faces", "seconds"):
         table.add_column(col, justify="right" if col in ("frames", "faces", "seconds") else "left")
@@ -52,41 +56,61 @@ def print_problems(result) -> None:
             say(f.reason, prefix=f"{f.status}: ", prefix_style="red" if f.status == "failed" else "yellow", err=True)
 
 
-def run_scan(paths: list[Path], out: Path, opts, metadata=None, quiet: bool = False):
-    """Run ``pipeline.scan`` with progress bars (overall and per film) unless quiet."""
+def run_scan(paths: list[Path], out: Path, opts, metadata=None, quiet: bool = False, ray=None):
+    """Run ``pipeline.scan`` (or, with ``ray`` RayOptions, ``ray_scan.scan_ray``) with one
+    progress display unless quiet: an overall bar (films, frames sampled, failures, films per
+    hour) and a bar per film being scanned."""
     from ..pipeline import scan
 
+    if ray is not None:
+        from ..ray_scan import scan_ray
+
+        def run(**kw):
+            return scan_ray(paths, out, opts, ray, metadata=metadata, **kw)
+    else:
+        def run(**kw):
+            return scan(paths, out, opts, metadata=metadata, **kw)
     if quiet:
-        return scan(paths, out, opts, metadata=metadata)
+        return run()
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
     ) as progress:
         overall = progress.add_task("films", total=None)
-        film_tasks: dict = {}  # film id -> its bar (several with --films-at-once)
+        film_tasks: dict = {}  # film id -> its bar (several with --films-at-once or --ray)
+        totals = {"frames": 0, "failed": 0, "scanned": 0}
+        started = time.monotonic()
 
         def start(film_id, path, i):
             film_tasks[film_id] = progress.add_task(escape(f"  {film_id}"), total=None)
 
         def frames(film_id, done, total):
-            progress.update(film_tasks[film_id], completed=done, total=total)
+            if film_id in film_tasks:
+                progress.update(film_tasks[film_id], completed=done, total=total)
 
         def end(res):
             task = film_tasks.pop(res.film_id, None)
             if task is not None:
                 progress.remove_task(task)
-            progress.advance(overall)
+            totals["frames"] += res.frames if res.status != "skipped" else 0
+            totals["failed"] += res.status in ("failed", "partial")
+            totals["scanned"] += res.status != "skipped"
+            hours = (time.monotonic() - started) / 3600
+            rate = f"{totals['scanned'] / hours:.0f} films/h" if totals["scanned"] else "-- films/h"
+            progress.update(overall, advance=1, description=(
+                f"films  frames {totals['frames']}  failed {totals['failed']}  {rate}"))
 
-        from ..decode import find_videos
+        from ..ray_scan import list_films
 
-        progress.update(overall, total=len(find_videos(paths)))
-        return scan(paths, out, opts, metadata=metadata, on_film_start=start, on_film_end=end,
-                    on_film_frames=frames)
+        progress.update(overall, total=len(list_films(paths)))
+        return run(on_film_start=start, on_film_end=end, on_film_frames=frames)
 
 
 def scan_cmd(
-    paths: Annotated[List[Path], typer.Argument(help="Films, or directories searched recursively for video files.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory for shards and manifest.")],
+    paths: Annotated[List[str], typer.Argument(
+        help="Films, or directories searched recursively for video files (with --ray also s3:// or gs:// URIs).")],
+    out: Annotated[str, typer.Option(
+        "-o", "--out", help="Output directory for shards and manifest (with --ray also an s3:// or gs:// URI).")],
     model: Annotated[List[str], typer.Option(
         "--model", "-m", help="Model name or directory; repeat for several; 'ens:a+b' averages probabilities.")
     ] = ["fer2013-minixception"],  # noqa: B006 - Typer reads the default
@@ -109,6 +133,10 @@ def scan_cmd(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip films already scanned identically.")] = True,
     embeddings: Annotated[bool, typer.Option(
         "--embeddings", help="Also store each face's penultimate-layer embedding per model (OUT/embeddings/, for cluster).")] = False,
+    ray: RayAddress = None,
+    ray_cpus_per_film: RayCpusPerFilm = 1.0,
+    ray_films_per_gpu: RayFilmsPerGpu = 0,
+    ray_max_attempts: RayMaxAttempts = 3,
     quiet: Quiet = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log details (tracebacks of failed films).")] = False,
 ) -> None:
@@ -131,11 +159,18 @@ def scan_cmd(
                        decoder=decoder, engine=engine, batch_size=batch_size, resume=resume,
                        engine_profile=engine_profile, embeddings=embeddings,
                        films_at_once=films_at_once)
+    ropts = ray_options(ray, ray_cpus_per_film, ray_films_per_gpu, ray_max_attempts) if ray is not None else None
     meta = load_metadata(metadata) if metadata else None
-    missing = [str(p) for p in paths if not p.exists()]
+    from ..storage import is_uri
+
+    remote = [p for p in [*paths, out] if is_uri(p)]
+    if remote and ropts is None:
+        raise ValueError(f"films and outputs in object storage ({remote[0]}) need --ray (e.g. --ray auto)")
+    missing = [p for p in paths if not is_uri(p) and not Path(p).exists()]
     if missing:
         raise ValueError(f"no such file or directory: {', '.join(missing)}")
-    result = run_scan(paths, out, opts, metadata=meta, quiet=quiet)
+    result = run_scan([p if is_uri(p) else Path(p) for p in paths], out if is_uri(out) else Path(out), opts,
+                      metadata=meta, quiet=quiet, ray=ropts)
     if not result.films:
         raise ValueError(f"no video files found in {', '.join(map(str, paths))}")
     if not quiet:
