@@ -445,23 +445,33 @@ def doctor(opts: DoctorOptions = DoctorOptions(), on_check: Callable[[Check], No
     add(check_engines(clip, device, opts.model))
     report = DoctorReport(system=system, checks=checks, auto=auto_choices(device))
     if opts.bench:
-        from .bench import BenchOptions, bench
+        add_bench(report, opts)
+    return report
 
-        engines = opts.bench_engines or tuple(
-            {"cuda-graphs": "torch"}.get(c.name, c.name) for c in checks
-            if c.kind == "engine" and c.status in ("pass", "reference"))
-        at_once = opts.bench_films_at_once or (system["gpu"]["nvdec_engines"] if system.get("gpu") else 2)
-        # The decoder auto picks, unless its check failed (the bench decodes without the fail-safe).
-        decoder = report.auto["decoder"]
-        if any(c.name == decoder and c.status == "fail" for c in checks):
-            decoder = "pyav"
-        bopts = BenchOptions(every=opts.bench_every, device=device.type, decoder=decoder,
-                             engines=tuple(dict.fromkeys(engines)), batch_sizes=opts.bench_batch_sizes,
-                             films_at_once=at_once, repeats=opts.bench_repeats)
-        try:
-            report.bench = bench(Path(opts.bench_film or clip), bopts).rows
-        except Exception as e:  # a finding like a failed check: the report is still written
-            _debug(traceback.format_exc())
-            report.bench = []
-            report.bench_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+def add_bench(report: DoctorReport, opts: DoctorOptions) -> DoctorReport:
+    """Run ``exe-stream bench`` as ``opts`` says and put its rows into ``report`` (a bench that
+    stops leaves its reason in ``bench_error``). Engines: those whose check passed."""
+    from .bench import BenchOptions, bench
+    from .models import resolve_device
+
+    device = resolve_device("auto")
+    checks, system = report.checks, report.system
+    engines = opts.bench_engines or tuple(
+        {"cuda-graphs": "torch"}.get(c.name, c.name) for c in checks
+        if c.kind == "engine" and c.status in ("pass", "reference"))
+    at_once = opts.bench_films_at_once or (system["gpu"]["nvdec_engines"] if system.get("gpu") else 2)
+    # The decoder auto picks, unless its check failed (the bench decodes without the fail-safe).
+    decoder = report.auto["decoder"]
+    if any(c.name == decoder and c.status == "fail" for c in checks):
+        decoder = "pyav"
+    bopts = BenchOptions(every=opts.bench_every, device=device.type, decoder=decoder,
+                         engines=tuple(dict.fromkeys(engines)), batch_sizes=opts.bench_batch_sizes,
+                         films_at_once=at_once, repeats=opts.bench_repeats)
+    try:
+        report.bench = bench(Path(opts.bench_film or opts.clip), bopts).rows
+    except Exception as e:  # a finding like a failed check: the report is still written
+        _debug(traceback.format_exc())
+        report.bench = []
+        report.bench_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
     return report

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import ctypes.util
+import dataclasses
 import gc
 import hashlib
 import json
@@ -324,11 +324,11 @@ def _run_film(
     path: Path, film_id: str, opts: ScanOptions, models: Sequence[EmotionModel], decoder_name: str,
     device: torch.device, on_frames: Callable[[int, int], None] | None, gate: _InferenceGate | None,
 ) -> _FilmRun:
-    decoder = get_decoder(decoder_name)
     run = _FilmRun(FilmResult(film_id=film_id, path=str(path), status="done"), _FilmRows(models),
                    {"decode_wait_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}, {})
     result, timings = run.result, run.timings
     try:
+        decoder = get_decoder(decoder_name)  # in here: a GPU decoder failing to start fails this run only
         # 1. Probe: a demux pass that learns frame count, size, rotation and colour.
         info = decoder.probe(path)
         run.info = {k: v for k, v in asdict(info).items() if k != "path"}

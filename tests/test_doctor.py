@@ -96,6 +96,8 @@ def test_cli_prints_the_report_writes_json_and_fails_on_a_failed_check(report, t
     from exe_stream.cli import app
 
     monkeypatch.setattr(doctor_module, "doctor", lambda opts, on_check=None: report)
+    assert report.bench  # the fixture's rows; the CLI benches apart from the checks
+    monkeypatch.setattr(doctor_module, "add_bench", lambda rep, opts: rep)
     r = CliRunner().invoke(app, ["doctor", "--json", str(tmp_path / "d.json")])
     assert r.exit_code == 0, r.output
     assert "GPU: none (torch sees no CUDA device)" in r.output and "auto picks: device cpu, decoder pyav" in r.output

@@ -31,11 +31,19 @@ def doctor_cmd(
     """Python, torch, CUDA, driver and GPU; each backend installed, importable and passing its
     parity check on a bundled clip (with the figure); what auto picks. Exit 1 if a check (or
     the bench) fails."""
-    from ..doctor import DoctorOptions, doctor
+    import dataclasses
+
+    from ..doctor import DoctorOptions, add_bench, doctor
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     opts = DoctorOptions(bench=bench, bench_film=bench_film, bench_every=bench_every, bench_repeats=bench_repeats)
-    report = doctor(opts, on_check=lambda c: console.print(f"[dim]checked {escape(c.name)}: {escape(c.status)}[/]"))
+    report = doctor(dataclasses.replace(opts, bench=False),
+                    on_check=lambda c: console.print(f"[dim]checked {escape(c.name)}: {escape(c.status)}[/]"))
+    if json_out is not None:  # the checks are kept even if the bench is then cut short
+        report.to_json(json_out)
+    if bench:
+        console.print("[dim]bench...[/]")
+        add_bench(report, opts)
     s = report.system
     say(f"exe-stream {s['exe_stream']}, Python {s['python']}, torch {s['torch']} (CUDA {s['torch_cuda'] or 'none'}), "
         f"{s['cpu_cores']} CPU cores, {s['platform']}")
