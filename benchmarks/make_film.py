@@ -36,9 +36,9 @@ def _upscaled_frames(clip: Path):
             yield canvas
 
 
-def encode_segment(path: Path, bitrate: int, preset: str = "medium") -> int:
-    """Encode the bundled clips once, upscaled to 1080p, with x264 ``preset``; returns the
-    number of frames."""
+def encode_segment(path: Path, bitrate: int, preset: str = "medium", max_frames: int | None = None) -> int:
+    """Encode the bundled clips once, upscaled to 1080p, with x264 ``preset`` (their first
+    ``max_frames`` frames when given); returns the number of frames."""
     n = 0
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=FPS)
@@ -51,6 +51,8 @@ def encode_segment(path: Path, bitrate: int, preset: str = "medium") -> int:
         s.codec_context.colorspace = 1  # BT.709
         for clip in bundled_clips():
             for rgb in _upscaled_frames(clip):
+                if max_frames is not None and n >= max_frames:
+                    break
                 for pkt in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                     out.mux(pkt)
                 n += 1
@@ -83,12 +85,12 @@ def loop_segment(segment: Path, path: Path, minutes: float) -> tuple[int, float]
 
 
 def make_film(path: Path, minutes: float, bitrate: int = 6_000_000, segment: Path | None = None,
-              preset: str = "medium") -> dict:
+              preset: str = "medium", max_frames: int | None = None) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     segment = segment or path.with_name("segment-1080p.mp4")
     t = time.perf_counter()
     if not segment.exists():
-        encode_segment(segment, bitrate, preset)
+        encode_segment(segment, bitrate, preset, max_frames)
     enc_s = time.perf_counter() - t
     frames, seconds = loop_segment(segment, path, minutes)
     return {"path": str(path), "frames": frames, "seconds": seconds, "segment_encode_s": enc_s,
@@ -101,8 +103,10 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--bitrate", type=int, default=6_000_000)
     ap.add_argument("--preset", default="medium", help="x264 preset (a quick rehearsal: ultrafast)")
+    ap.add_argument("--max-frames", type=int, default=None,
+                    help="only the clips' first N frames in the looped segment (a quick rehearsal)")
     a = ap.parse_args()
-    print(make_film(a.out, a.minutes, a.bitrate, preset=a.preset))
+    print(make_film(a.out, a.minutes, a.bitrate, preset=a.preset, max_frames=a.max_frames))
 
 
 if __name__ == "__main__":
