@@ -39,6 +39,7 @@ from . import storage
 from .decode import VIDEO_EXTENSIONS, find_videos
 from .embeddings import embeddings_path
 from .errors import ExeStreamError
+from .options import check_range
 from .pipeline import (
     FilmResult, FilmScanner, ScanOptions, ScanResult, _finish_entry, _fingerprint, _is_done, _local_shards_exist,
     _open_output, _skipped,
@@ -77,12 +78,10 @@ class RayOptions:
     def __post_init__(self) -> None:
         if not self.address:
             raise ValueError("ray address must be 'auto', 'local', 'host:port' or 'ray://host:port', got ''")
-        if self.cpus_per_film <= 0:
-            raise ValueError(f"cpus_per_film must be > 0, got {self.cpus_per_film}")
-        if self.films_per_gpu < 0:
-            raise ValueError(f"films_per_gpu must be >= 0 (0 = automatic), got {self.films_per_gpu}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        check_range("cpus_per_film", self.cpus_per_film, lo=0, lo_open=True)
+        check_range("films_per_gpu", self.films_per_gpu, lo=0, integer=True)
+        check_range("max_attempts", self.max_attempts, lo=1, integer=True)
+        check_range("start_timeout_s", self.start_timeout_s, lo=0, lo_open=True)
 
 
 def _import_ray():
@@ -138,6 +137,12 @@ class _FilmWorker:
 
         return {"key": self.scanner.key, "record": self.scanner.scan_record(0), "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id()}
+
+    def failsafe_report(self) -> dict[str, Any]:
+        """This worker's accelerated components and their verdicts (exe_stream.failsafe)."""
+        from . import failsafe
+
+        return failsafe.current().report()
 
     def scan(self, path: str, film_id: str, out: str, progress: Any,
              fingerprint: str = "") -> tuple[FilmResult, dict[str, Any]]:
@@ -526,6 +531,14 @@ def _scan_ray(ray, films, output, opts, ropts, metadata, on_film_start, on_film_
         if time.monotonic() - last_reconcile > 5.0:  # nodes that joined take films too
             slots.reconcile()
             last_reconcile = time.monotonic()
+    # The accelerated components' verdicts (exe_stream.failsafe), per worker still alive.
+    reports = {}
+    for i, (actor, (node, kind)) in enumerate(list(slots.actors.items())):
+        try:
+            reports[f"{kind}-{i} on node {node[:12]}"] = ray.get(actor.failsafe_report.remote(), timeout=30)
+        except Exception as e:  # a worker lost at the very end: its verdicts go with it
+            log.debug("no failsafe report from a worker: %s", e)
+    manifest.scans[-1]["failsafe"] = reports
     output.save(manifest)
     for actor in list(slots.actors):
         ray.kill(actor, no_restart=True)

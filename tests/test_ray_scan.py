@@ -137,8 +137,9 @@ def test_cli_scan_on_ray_same_shards_and_manifest_as_a_local_scan(cluster, libra
     # One summary, as a local scan prints it.
     sampled = sum(f.frames for f in local.films)
     assert f"films: 3  frames sampled: {sampled}" in r.output
-    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["scans"][-1]["ray"]["address"] == \
-        cluster.address
+    scan_record = json.loads((tmp_path / "ray" / "manifest.json").read_text())["scans"][-1]
+    assert scan_record["ray"]["address"] == cluster.address
+    assert scan_record["failsafe"], "no worker reported its accelerated components"
     # (Resume on Ray: test_driver_killed_and_started_again_resumes, and the s3 test.)
 
 
@@ -187,29 +188,32 @@ def test_worker_killed_mid_film_is_retried_and_a_broken_film_is_not(cluster, lon
 
 
 def test_node_removed_mid_scan_films_finish_elsewhere(cluster, long_library, tmp_path):
-    node = cluster.add_node(num_cpus=1, object_store_memory=80 << 20)
+    cluster.add_node(num_cpus=1, object_store_memory=80 << 20)  # three nodes, three films at once
     cluster.wait_for_nodes()
-    on_node: set[str] = set()
-    removed: list[str] = []
+    workers = {n.node_id: n for n in cluster.worker_nodes}  # the nodes the driver is not connected to
+    on_node: dict[str, object] = {}
+    removed: list[tuple[str, str]] = []
 
     def remove_mid_film(film_id: str, done: int, total: int) -> None:
-        # The first film seen on the added node before half its frames: the node goes.
+        # The first long film seen on a worker node before half its frames: that node goes.
         if not removed and film_id.startswith("long") and film_id in on_node and done < total // 2:
-            removed.append(film_id)
+            node = on_node[film_id]
+            removed.append((film_id, node.node_id))
             threading.Thread(target=cluster.remove_node, args=(node, False), daemon=True).start()
 
     def placed(film_id: str, node_id: str, pid: int) -> None:
-        if node_id == node.node_id:
-            on_node.add(film_id)
+        if node_id in workers:
+            on_node[film_id] = workers[node_id]
 
     opts = _opts(sampling=SamplingOptions(every=2), batch_size=4)
     res = scan_ray([long_library], tmp_path / "out", opts, RayOptions(address=cluster.address),
                    on_film_worker=placed, on_film_frames=remove_mid_film)
-    assert removed, "no film ran on the added node"
+    assert removed, "no long film ran on a worker node"
+    film_id, node_id = removed[0]
     assert [f.status for f in res.films] == ["done"] * 3
     entries = _entries(tmp_path / "out")
-    assert len(entries[removed[0]]["attempts"]) == 1
-    assert entries[removed[0]]["worker"]["node"] != node.node_id
+    assert len(entries[film_id]["attempts"]) == 1
+    assert entries[film_id]["worker"]["node"] != node_id
     for fid, e in entries.items():
         t = read_table(frames_path(tmp_path / "out", fid))
         assert t.num_rows == e["frames_sampled"] == len(set(t.column("frame_index").to_pylist()))
