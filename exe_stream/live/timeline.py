@@ -8,6 +8,7 @@ in ``OUT/manifest.json``, so ``exe-stream stats`` and ``report`` read sessions l
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,8 @@ class Timeline:
         self.decoder = decoder
         self.started = time.time()
         self._rows = _FilmRows(self.models)
+        # add() runs in the analysis thread while the page may ask for a summary or a save.
+        self._lock = threading.Lock()
         self.frames = 0
         self.faces = 0
         self.last_pts = 0.0
@@ -90,13 +93,18 @@ class Timeline:
     def add(self, frames: FrameBatch, faces: FaceBatch, probs: dict[str, torch.Tensor]) -> None:
         """Keep one analysed batch: the FrameBatch's indices and times (not its planes), the
         faces and each model's float32 [N, C] probabilities."""
-        self._rows.add(frames, faces, probs)
-        self.frames += len(frames)
-        self.faces += len(faces)
-        if len(frames):
-            self.last_pts = float(frames.pts_seconds[-1])
+        with self._lock:
+            self._rows.add(frames, faces, probs)
+            self.frames += len(frames)
+            self.faces += len(faces)
+            if len(frames):
+                self.last_pts = float(frames.pts_seconds[-1])
 
     def summary(self) -> Summary:
+        with self._lock:
+            return self._summary()
+
+    def _summary(self) -> Summary:
         frames, faces = self._rows.arrays()
         largest = faces["face_index"] == 0
         per_model: dict[str, list[LabelShare]] = {}
@@ -115,7 +123,10 @@ class Timeline:
         """Write the session's shards under ``out`` (frames + faces per model, film_id = the
         session id) and its manifest entry; returns ``out``. Saving again overwrites the
         session's shards with the longer timeline."""
-        out = Path(out)
+        with self._lock:
+            return self._save(Path(out))
+
+    def _save(self, out: Path) -> Path:
         opts = ScanOptions(sampling=SamplingOptions(every=1), detector=self.detector,
                            models=tuple(m.model_id for m in self.models), resume=False)
         key = f"live:{self.session_id}"

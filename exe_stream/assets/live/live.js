@@ -51,6 +51,8 @@ function onMessage(msg) {
       $("session-id").textContent = msg.session_id;
       $("ethics").textContent = msg.ethics;
       buildLegend(msg.models[0].labels);
+      $("timeline-caption").textContent =
+        `Emotion shares over time, largest face (${msg.models[0].id}); since the start:`;
       $("summary").hidden = true;
       $("saved").hidden = true;
       setButtons(true);
