@@ -88,6 +88,18 @@ def test_save_writes_shards_that_stats_reads(models, tmp_path):
     assert fm.values[0, i] == pytest.approx(2 / 3)
 
 
+def test_a_saved_session_reads_with_the_documented_pyarrow_line(models, tmp_path):
+    import pyarrow.dataset
+    import pyarrow.parquet
+
+    _session(models).save(tmp_path)
+    out = tmp_path
+    faces = pyarrow.dataset.dataset(str(out / "faces"), format="parquet",
+                                    schema=pyarrow.parquet.read_schema(str(out / "faces" / "_common_metadata"))).to_table()
+    assert set(faces["model_id"].to_pylist()) == {"fer2013-minixception", "facex"}
+    assert faces.num_rows == 8 and "prob_happy" in faces.column_names
+
+
 def test_saving_again_overwrites_with_the_longer_timeline(models, tmp_path):
     tl = _session(models)
     tl.save(tmp_path)

@@ -21,6 +21,7 @@ import torch
 
 from ..classify import classify_faces
 from ..detect import DetectorOptions, detect_faces
+from ..options import OptionError, check_choice, check_range
 from ..models import EmotionModel, load_model, resolve_device
 from ..types import FaceBatch, FrameBatch
 
@@ -48,14 +49,11 @@ class LiveOptions:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = half the cores), got {self.threads}")
         if not self.models:
-            raise ValueError("at least one model is needed")
-        if not (self.smooth >= 0 and math.isfinite(self.smooth)):
-            raise ValueError(f"smooth must be a time in seconds >= 0, got {self.smooth}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+            raise OptionError("models", "must name at least one model")
+        check_range("smooth", self.smooth, 0.0, 3600.0, unit="seconds")
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_range("threads", self.threads, 0, integer=True)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..options import check_range
 from .analyse import ETHICS, LiveAnalyser, session_id
 from .timeline import Timeline
 from .wire import FORMATS, FrameMessageError, LatestSlot, parse_header, to_frame_batch
@@ -66,10 +67,8 @@ class ServerOptions:
     max_message: int = MAX_MESSAGE
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535 (0 = a free one), got {self.port}")
-        if self.max_message < 1024:
-            raise ValueError(f"max_message must be >= 1024 bytes, got {self.max_message}")
+        check_range("port", self.port, 0, 65535, integer=True)
+        check_range("max_message", self.max_message, 1024, integer=True, unit="bytes")
 
 
 class _Session:

@@ -23,6 +23,7 @@ import torch
 
 from ..decode import get_decoder
 from ..errors import DecodeError
+from ..options import check_range
 from ..sampling import SamplingOptions
 from ..types import FrameBatch
 from .analyse import FrameResult, LiveAnalyser, session_id
@@ -42,8 +43,7 @@ class SourceOptions:
     camera_size: tuple[int, int] = (640, 480)
 
     def __post_init__(self) -> None:
-        if not self.max_seconds >= 0:
-            raise ValueError(f"max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}")
+        check_range("max_seconds", self.max_seconds, 0.0, unit="seconds")
 
 
 class Latest:
@@ -117,7 +117,8 @@ def run_source(
 
     The timeline is in memory; ``Timeline.save(out)`` writes it (film_id = the session id).
     ``on_result`` gets each analysed frame's result; ``stop`` ends the session early (the
-    CLI's Ctrl-C). Raises DecodeError for a source that cannot be opened or read.
+    CLI's Ctrl-C; Ctrl-C itself also ends a real-time session, keeping its timeline). Raises
+    DecodeError for a source that cannot be opened or read.
     """
     source = str(source)
     camera = is_camera(source)
@@ -172,6 +173,8 @@ def run_source(
             if frames is None:
                 break
             _analyse_one(analyser, timeline, frames, on_result)
+    except KeyboardInterrupt:  # Ctrl-C ends a session; what was analysed is kept
+        pass
     finally:
         stop.set()
         reader.join(timeout=5)
