@@ -4,7 +4,11 @@
 // Nothing is loaded from or sent to anywhere but the server that served this page.
 "use strict";
 
-const MAX_IN_FLIGHT = 2;            // frames sent and not yet answered; more are not sent
+// Frames sent and not yet answered; the camera's other frames are not sent. One keeps the
+// latency lowest (no frame waits on the server behind another); two keep the server busy while
+// a result travels back (more frames/s, each a little older): benchmarks/live_latency.py
+// measures both. "?inflight=2" picks two.
+const MAX_IN_FLIGHT = Math.max(1, Math.min(4, +(new URLSearchParams(location.search).get("inflight") || 1)));
 const COLOURS = ["#e15759", "#76b041", "#9c6ade", "#f0b429", "#4e79a7", "#59a1a8", "#bab0ac",
                  "#ff9da7", "#edc948", "#b07aa1"];
 const $ = (id) => document.getElementById(id);
