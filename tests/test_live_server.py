@@ -128,6 +128,21 @@ def test_an_oversized_message_closes_that_connection_only(server, frames):
         assert _until(ws, "result")["seq"] == 0
 
 
+def test_a_new_session_starts_a_new_timeline(server, frames):
+    with _ws(server) as ws:
+        first = _until(ws, "hello")["session_id"]
+        ws.send(_frame(frames, 0))
+        _until(ws, "result")
+        ws.send(json.dumps({"type": "new"}))
+        second = _until(ws, "hello")["session_id"]
+        assert second != first  # even within the same second
+        ws.send(_frame(frames, 1, seq=0))  # the page's numbering may go on or restart
+        _until(ws, "result")
+        ws.send(json.dumps({"type": "save"}))
+        saved = _until(ws, "saved")
+    assert saved["session_id"] == second and saved["frames"] == 1
+
+
 def test_a_second_page_is_told_and_the_first_keeps_its_session(server, frames):
     with _ws(server) as first:
         _until(first, "hello")

@@ -152,9 +152,19 @@ class Smoother:
         return out
 
 
+_issued: set[str] = set()
+
+
 def session_id(now: float | None = None) -> str:
-    """A session's film id: ``live-YYYYmmdd-HHMMSS`` (local time)."""
-    return "live-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    """A session's film id: ``live-YYYYmmdd-HHMMSS`` (local time), with ``-2``, ``-3``, ...
+    when this process already gave that id to a session started in the same second."""
+    base = "live-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    sid, n = base, 1
+    while sid in _issued:
+        n += 1
+        sid = f"{base}-{n}"
+    _issued.add(sid)
+    return sid
 
 
 @contextlib.contextmanager
