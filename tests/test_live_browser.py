@@ -208,6 +208,24 @@ def test_page_with_a_fake_camera(y4m, reference, analyser, tmp_path):
         srv.stop()
 
 
+def test_canvas_capture_path(y4m, analyser, tmp_path):
+    """Browsers without MediaStreamTrackProcessor send RGBA read back from a canvas; the
+    server converts it to I420 and the overlay appears as well."""
+    srv = ServerThread(LiveServer(analyser, ServerOptions(out=tmp_path)))
+    driver = chromium("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                      f"--use-file-for-fake-video-capture={y4m}")
+    try:
+        driver.get(srv.url + "?capture=canvas")
+        wait_for(driver, "return window.exeLive.history.filter(m => m.faces.length == 1).length >= 3", 15,
+                 "three results with a face")
+        last = driver.execute_script("return window.exeLive.last")
+        assert (last["format"], last["width"], last["height"]) == ("RGBA", 176, 144)
+        assert driver.execute_script("return document.querySelectorAll('#overlay .face-box').length") == 1
+    finally:
+        driver.quit()
+        srv.stop()
+
+
 @pytest.mark.parametrize("flags,message", [
     (("--use-fake-ui-for-media-stream",), "No camera found"),  # no fake device: no camera at all
     (("--use-fake-device-for-media-stream", "--deny-permission-prompts"), "Camera permission was denied"),

@@ -150,7 +150,9 @@ async function startCamera() {
   sending = ws && ws.readyState === WebSocket.OPEN && live.hello !== null;
   const track = stream.getVideoTracks()[0];
   track.onended = () => showMessage("The camera stopped (it was unplugged or switched off). Reload to start again.");
-  if (typeof MediaStreamTrackProcessor !== "undefined") {
+  // "?capture=canvas" forces the canvas path (what browsers without MediaStreamTrackProcessor use).
+  const viaCanvas = new URLSearchParams(location.search).get("capture") === "canvas";
+  if (typeof MediaStreamTrackProcessor !== "undefined" && !viaCanvas) {
     readTrack(track);                              // the camera's own frames (I420/NV12 as captured)
   } else {
     grabFromVideo(video);                          // fallback: RGBA through a canvas
