@@ -40,10 +40,10 @@ def test_source_file_writes_a_session_stats_reads(tmp_path, clips):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--smooth", "-1"], "--smooth must be in [0.0, 3600.0] seconds, got -1.0"),
+    (["--smooth", "-1"], "--smooth must be in [0, 3600] seconds, got -1.0"),
     (["--every-frame"], "--every-frame and --max-seconds apply to --source only"),
     (["--source", "/nonexistent/clip.mp4"], "/nonexistent/clip.mp4: no such video file"),
-    (["--source", "x.mp4", "--max-seconds", "-3"], "--max-seconds must be >= 0.0 seconds, got -3.0"),
+    (["--source", "x.mp4", "--max-seconds", "-3"], "--max-seconds must be >= 0 seconds, got -3.0"),
     (["--port", "99999"], "--port must be in [0, 65535], got 99999"),
     (["--model", "no-such-model"], "no-such-model"),
 ])

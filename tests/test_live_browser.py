@@ -77,7 +77,8 @@ def wait_for(driver, script: str, timeout: float, what: str):
         if value:
             return value
         time.sleep(0.1)
-    state = driver.execute_script("return window.exeLive && [window.exeLive.state, window.exeLive.messages]")
+    state = driver.execute_script(
+        "return window.exeLive && [window.exeLive.state, window.exeLive.conn, window.exeLive.messages]")
     raise AssertionError(f"{what} did not happen within {timeout} s (page state: {state})")
 
 
@@ -170,7 +171,7 @@ def test_page_with_a_fake_camera(y4m, reference, analyser, tmp_path):
         first = driver.current_window_handle
         driver.switch_to.new_window("tab")
         driver.get(srv.url)
-        wait_for(driver, "return window.exeLive && window.exeLive.state == 'busy' && "
+        wait_for(driver, "return window.exeLive && window.exeLive.conn == 'busy' && "
                          "document.getElementById('message').textContent", 10, "the busy message")
         assert "Another page is already using exe-stream live" in driver.find_element("id", "message").text
         driver.close()
@@ -201,7 +202,7 @@ def test_page_with_a_fake_camera(y4m, reference, analyser, tmp_path):
 
         # 7. The server stops: the page says so.
         srv.stop()
-        wait_for(driver, "return window.exeLive.state == 'closed'", 10, "the page noticing the server stopped")
+        wait_for(driver, "return window.exeLive.conn == 'closed'", 10, "the page noticing the server stopped")
         assert "server has stopped" in driver.find_element("id", "message").text
     finally:
         driver.quit()

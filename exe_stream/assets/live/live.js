@@ -14,7 +14,8 @@ const COLOURS = ["#e15759", "#76b041", "#9c6ade", "#f0b429", "#4e79a7", "#59a1a8
 const $ = (id) => document.getElementById(id);
 
 const live = window.exeLive = {
-  state: "starting", hello: null, last: null, results: 0, latencies: [], resultTimes: [],
+  state: "starting",                               // the camera: starting | camera | no-camera
+  conn: "connecting",                              // the server: connecting | open | busy | closed hello: null, last: null, results: 0, latencies: [], resultTimes: [],
   summary: null, saved: null, messages: [], rejected: [], dropped: 0, timeline: [],
   history: [],                                     // the last 50 results, as the server sent them
 };
@@ -36,13 +37,13 @@ function connect() {
     sending = false;
     setButtons(false);
     if (closedWhy === "busy") return;            // the busy message is already shown
+    live.conn = "closed";
     if (ev.code === 1009) {
       showMessage("The server refused a frame that was too large and closed the connection. Reload the page.");
     } else {
       showMessage("The exe-stream live server has stopped (or the connection to it was lost). " +
                   "Start it again with `exe-stream live` and reload this page.");
     }
-    live.state = "closed";
   };
   ws.onerror = () => {};                           // onclose follows and says what happened
 }
@@ -50,6 +51,7 @@ function connect() {
 function onMessage(msg) {
   switch (msg.type) {
     case "hello":
+      live.conn = "open";
       live.hello = msg;
       live.timeline = [];
       $("session-id").textContent = msg.session_id;
@@ -104,7 +106,7 @@ function onMessage(msg) {
     case "busy":
       closedWhy = "busy";
       showMessage(msg.message);
-      live.state = "busy";
+      live.conn = "busy";
       break;
     case "bye":
       closedWhy = "bye";
