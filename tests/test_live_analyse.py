@@ -102,7 +102,7 @@ def test_smoother_with_tau_zero_shows_each_frame():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"models": ()}, "models must name at least one model"),
-    ({"smooth": -1.0}, r"smooth must be in \[0.0, 3600.0\] seconds, got -1.0"),
+    ({"smooth": -1.0}, r"smooth must be in \[0, 3600\] seconds, got -1.0"),
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda; got 'tpu'"),
     ({"threads": -2}, "threads must be >= 0, got -2"),
 ])

@@ -15,7 +15,8 @@ const $ = (id) => document.getElementById(id);
 
 const live = window.exeLive = {
   state: "starting",                               // the camera: starting | camera | no-camera
-  conn: "connecting",                              // the server: connecting | open | busy | closed hello: null, last: null, results: 0, latencies: [], resultTimes: [],
+  conn: "connecting",                              // the server: connecting | open | busy | closed
+  hello: null, last: null, results: 0, latencies: [], resultTimes: [],
   summary: null, saved: null, messages: [], rejected: [], dropped: 0, timeline: [],
   history: [],                                     // the last 50 results, as the server sent them
 };
