@@ -98,6 +98,14 @@ def test_frames_get_results_and_the_session_saves(server, frames, tmp_path):
     assert t["pts_seconds"] == pytest.approx([0, 1 / 30, 2 / 30])
 
 
+def test_an_empty_session_is_not_saved(server, tmp_path):
+    with _ws(server) as ws:
+        _until(ws, "hello")
+        ws.send(json.dumps({"type": "save"}))
+        assert "Nothing to save yet" in _until(ws, "error")["message"]
+    assert not (tmp_path / "sessions").exists()
+
+
 def test_malformed_messages_are_rejected_and_the_session_goes_on(server, frames):
     with _ws(server) as ws:
         _until(ws, "hello")

@@ -265,6 +265,10 @@ class LiveServer:
         if kind == "end":
             await self._send(ws, session.timeline.summary().to_message())
         elif kind == "save":
+            if session.timeline.frames == 0:
+                await self._send(ws, {"type": "error", "message": "Nothing to save yet: no frame of this session "
+                                                                  "has been analysed."})
+                return
             try:
                 out = await asyncio.to_thread(session.timeline.save, self.opts.out)
             except (OSError, ValueError) as e:
