@@ -69,10 +69,10 @@ live_cmd.__doc__ = HELP
 
 
 def _serve(server, no_browser: bool, quiet: bool) -> None:
-    try:
-        import websockets  # noqa: F401
-    except ImportError as e:
-        raise ValueError("exe-stream live needs the live extra: pip install 'exe-stream[live]'") from e
+    import importlib.util
+
+    if importlib.util.find_spec("websockets") is None:
+        raise ValueError("exe-stream live needs the live extra (websockets): pip install 'exe-stream[live]'")
     from ..live import ServerThread
 
     running = ServerThread(server)
