@@ -61,7 +61,9 @@ def test_real_time_skips_frames_it_cannot_keep_up_with(analyser, monkeypatch):
     idx = np.concatenate(tl._rows.frames["frame_index"])
     # At most one frame per 0.1 s (fewer on a busy machine); every frame is analysed or dropped.
     assert 2 <= tl.frames <= 21 and tl.frames + tl.dropped == 60
-    assert np.all(np.diff(idx) >= 2)  # frames were skipped, in order
+    # In order, skipping frames; only the last step may be 1 (the source ended while the
+    # analysis was busy, and its last frame waited alone).
+    assert np.all(np.diff(idx) >= 1) and np.all(np.diff(idx)[:-1] >= 2)
 
 
 def test_stop_ends_a_session(analyser):
