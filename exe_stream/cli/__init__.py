@@ -12,7 +12,7 @@ import typer
 
 from .. import __version__
 from ..metadata import load_metadata
-from . import bench, compare, data, demo, doctor, models, scan, train
+from . import bench, compare, data, demo, doctor, live, models, scan, train
 from ._errors import CliCommand, CliGroup
 
 __all__ = ["app", "main", "load_metadata"]
@@ -49,6 +49,7 @@ _add(app, "scan", scan.scan_cmd)
 _add(app, "stats", compare.stats_cmd)
 _add(app, "report", compare.report_cmd)
 _add(app, "demo", demo.demo_cmd)
+_add(app, "live", live.live_cmd)
 _add(app, "evaluate", train.evaluate_cmd)
 _add(app, "train", train.train_cmd)
 _add(app, "cluster", train.cluster_cmd)
