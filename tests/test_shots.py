@@ -194,10 +194,10 @@ def test_scan_without_shots_writes_todays_shards_and_key(tmp_path, clips):
     from exe_stream.models import load_model
 
     models = [load_model("fer2013-minixception", torch.device("cpu"))]
-    # Resume keys of scans made before shots existed (computed by the code before this stage).
-    assert _options_key(ScanOptions(), models, "pyav") == "679ae6e0547e2ee0"
-    assert _options_key(ScanOptions(embeddings=True), models, "pyav") == "c07e7f54f6300dd6"
-    assert _options_key(ScanOptions(shots=ShotOptions("content")), models, "pyav") != "679ae6e0547e2ee0"
+    # Resume keys of scans made without shots: computed by main's code without this stage (4b112a9).
+    assert _options_key(ScanOptions(), models, "pyav") == "ad7260ca743fd763"
+    assert _options_key(ScanOptions(embeddings=True), models, "pyav") == "35b3820a94d0a1b9"
+    assert _options_key(ScanOptions(shots=ShotOptions("content")), models, "pyav") != "ad7260ca743fd763"
     res = scan([clips / "carphone_pristine.mp4"], tmp_path, _opts())
     frames = read_table(frames_path(tmp_path, res.films[0].film_id))
     assert frames.column_names == list(FRAME_COLUMNS)
