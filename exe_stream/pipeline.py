@@ -15,11 +15,12 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from .options import check_choice, check_range
@@ -33,17 +34,33 @@ from .engines import (
 from . import failsafe
 from .errors import DecodeError, DiskFullError, UnsupportedByBackend
 from .models import EmotionModel, load_model, resolve_device
-from .sampling import SamplingOptions
+from .sampling import PickedFrames, SamplingOptions
+from . import shots
+from .shots import ShotOptions
 from .shards import (
     FRAMES_SCHEMA, SCHEMA_VERSION, Manifest, declare_schema, done_shards_exist, faces_path, faces_schema,
     faces_table, fingerprint, frames_path, frames_table, remove_film_shards, shard_metadata, write_table,
 )
 from .embeddings import embeddings_path, remove_embeddings, write_embeddings
+from .identity import CAST_FIELDS, CHARACTER_FIELDS, characters, embed_faces, load_cast, name_characters
+from .tracks import TRACK_FIELDS, TrackingRows, split_tracking, tracking_frames
+from .tracks import track_ids as link_tracks
 from .types import FaceBatch, FrameBatch
 
 log = logging.getLogger(__name__)
 
 Status = Literal["done", "partial", "failed", "skipped"]
+
+
+def _added(**default: Any) -> Any:
+    """A ScanOptions field added after scans were written with the fields before it: in the
+    resume key only when it is not at its default (``default=`` or ``default_factory=``), so a
+    scan without the new option keeps the key, and writes the shards, it did before."""
+    return field(**default, metadata={"added": True})
+
+
+def _default(f: Any) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def _runtime(default: Any) -> Any:
@@ -89,8 +106,25 @@ class ScanOptions:
     # taking turns (see _FilmsAtOnce); 0 = automatic: one per NVDEC engine with the nvdec
     # decoder on CUDA, else 1. Does not change what is written.
     films_at_once: int = _runtime(0)
+    # Shot boundaries (exe_stream.shots): off by default; when on, ``frames`` rows get a
+    # shot_index column and OUT/shots/ lists each film's shots.
+    shots: ShotOptions = _added(default_factory=ShotOptions)
+    # Characters (exe_stream.identity): an identity embedding per face (dlib's ResNet encoder),
+    # face tracks clustered into characters per film; ``faces`` rows get character_id. Needs
+    # shots (tracks are per shot).
+    characters: bool = _added(default=False)
+    # A cast CSV (name, photo): characters are named after the nearest reference photo
+    # (``faces.character_name``); needs ``characters``. In the key as its rows' and photos' hash.
+    cast: str | None = _added(default=None)
 
     def __post_init__(self) -> None:
+        if (self.shots.track_every or self.shots.skip_cuts) and self.sampling.mode != "exact":
+            raise ValueError("--track-every and --skip-cuts need exact sampling, not "
+                             f"--sampling {self.sampling.mode}")
+        if self.cast is not None and not self.characters:
+            raise ValueError("--cast names characters: it needs --characters (and --shots)")
+        if self.characters and not self.shots.enabled:
+            raise ValueError("--characters clusters face tracks, which need --shots transnet or --shots content")
         check_range("films_at_once", self.films_at_once, lo=0, integer=True)
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_choice("engine", self.engine, ("auto", "torch", "onnxruntime", "tensorrt"))
@@ -187,21 +221,25 @@ def _attach_engines(models: list[EmotionModel], engine: str, profile: EngineProf
 
 
 def _options_key(opts: ScanOptions, models: Sequence[EmotionModel], decoder: str,
-                 engine: dict[str, Any] | None = None) -> str:
+                 engine: dict[str, Any] | None = None, cast_source: str | None = None) -> str:
     """Hash of everything that changes a film's shards, built from ``opts``' fields: each field
-    not declared ``_runtime`` is in the key, so a new option is in it unless said otherwise.
+    not declared ``_runtime`` is in the key, so a new option is in it unless said otherwise
+    (an ``_added`` field only when it is not at its default, so earlier scans keep their key).
     Fields named by what they resolve to enter as that: ``models`` as each model's content
     hash, ``decoder`` as the decoder that runs, ``engine`` and ``engine_profile`` as
-    ``engines.engine_key`` (None for fp32 torch)."""
+    ``engines.engine_key`` (None for fp32 torch), ``cast`` as its rows' and photos' hash."""
     resolved: dict[str, Any] = {
         "models": {m.model_id: m.content_hash for m in models},
         "decoder": decoder,
         "engine": engine,
         "engine_profile": None,  # inside the engine's key
+        "cast": cast_source,
     }
     key: dict[str, Any] = {"schema": SCHEMA_VERSION}
     for f in fields(opts):
         if not f.metadata.get("changes_output", True):
+            continue
+        if f.metadata.get("added") and getattr(opts, f.name) == _default(f):
             continue
         value = resolved[f.name] if f.name in resolved else getattr(opts, f.name)
         key[f.name] = asdict(value) if is_dataclass(value) else value
@@ -318,6 +356,11 @@ class _FilmRun:
     info: dict[str, Any]
     # The exception that ended it early (None when every sampled frame was scanned).
     error: BaseException | None = None
+    # The film's shots (scans with --shots), faces on tracking-only frames (--track-every) and
+    # identity embeddings of the sampled faces, batch by batch (--characters).
+    shots: shots.Shots | None = None
+    tracking: TrackingRows | None = None
+    identity: list[np.ndarray] | None = None
 
 
 def _run_film(
@@ -325,8 +368,10 @@ def _run_film(
     device: torch.device, on_frames: Callable[[int, int], None] | None, gate: _InferenceGate | None,
 ) -> _FilmRun:
     run = _FilmRun(FilmResult(film_id=film_id, path=str(path), status="done"), _FilmRows(models),
-                   {"decode_wait_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}, {})
+                   {"decode_wait_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}, {},
+                   identity=[] if opts.characters else None)
     result, timings = run.result, run.timings
+    sampled: set[int] = set()
     try:
         decoder = get_decoder(decoder_name)  # in here: a GPU decoder failing to start fails this run only
         # 1. Probe: a demux pass that learns frame count, size, rotation and colour.
@@ -334,9 +379,22 @@ def _run_film(
         run.info = {k: v for k, v in asdict(info).items() if k != "path"}
         result.media_seconds = info.duration_seconds
         expected = _expected_samples(info.num_frames, info.duration_seconds, opts.sampling)
-        frames_it = decoder.frames(path, opts.sampling, opts.batch_size)
+        sampling = opts.sampling
+        if opts.shots.enabled:  # 1b. Shots: every frame, small, in a decode pass of its own;
+            t = time.perf_counter()  # shot-aware sampling then picks the frames to decode.
+            run.shots = shots.detect_shots(path, opts.shots, device)
+            sampling = shots.sampled_frames(run.shots, opts.shots, sampling)
+            timings["shots_s"] = time.perf_counter() - t
+            if sampling is not opts.sampling:
+                expected = len(sampling.indices)
+            if opts.shots.track_every:  # 1c. Frames decoded for tracking only, within shots.
+                sampled = set(shots.explicit_frames(run.shots, sampling))
+                extra = tracking_frames(run.shots.first, run.shots.last, opts.shots.track_every, sorted(sampled))
+                sampling, expected = PickedFrames(indices=tuple(sorted(sampled.union(extra)))), len(sampled)
+                run.tracking = TrackingRows([], [])
+        frames_it = decoder.frames(path, sampling, opts.batch_size)
         if decoder_name != "pyav":  # an accelerated decoder checks its first batch against PyAV
-            frames_it = _checked_decoder(frames_it, decoder_name, path, opts)
+            frames_it = _checked_decoder(frames_it, decoder_name, path, dataclasses.replace(opts, sampling=sampling))
         batches = _prefetch(frames_it)
         if gate is not None:  # films at once: this film's detection waits for its turn
             batches = gate.wrap(batches)
@@ -353,8 +411,15 @@ def _run_film(
             emb: dict[str, torch.Tensor] | None = {} if opts.embeddings else None
             probs = classify_faces(frames, faces, models, embeddings=emb)
             timings["classify_s"] += time.perf_counter() - t
-            run.rows.add(frames, faces, probs, emb)
-            result.frames += len(frames)
+            if run.tracking is not None:  # 3b. Faces on tracking-only frames: kept for tracks only.
+                frames, faces, probs, emb = split_tracking(frames, faces, probs, emb, sampled, run.tracking)
+            if frames is not None:
+                run.rows.add(frames, faces, probs, emb)
+                result.frames += len(frames)
+                if run.identity is not None:  # 3c. Identity embeddings of the sampled faces.
+                    t = time.perf_counter()
+                    run.identity.append(embed_faces(frames, faces, device))
+                    timings["identity_s"] = timings.get("identity_s", 0.0) + time.perf_counter() - t
             if on_frames:
                 on_frames(result.frames, max(expected, result.frames))
             t = time.perf_counter()
@@ -460,11 +525,12 @@ def _scan_film(
     result, rows = run.result, run.rows
     if result.frames > 0 or result.status == "done":
         # 4. Write the shards: frames (every sampled frame) and faces per model.
-        _write_film(out, film_id, rows, models, opts, ran, key)
+        _write_film(out, film_id, rows, models, opts, ran, key, run.shots, run.tracking, run.identity)
     else:
         # Nothing decoded: no shards, and none left over from an earlier scan of this id.
         remove_film_shards(out, film_id)
         remove_embeddings(out, film_id)
+        shots.remove_shots(out, film_id)
     # The film's last reference cycles (e.g. the probe frame PyAV ties to its side data) go
     # now, with their decoder buffers, and glibc gives the freed pages back.
     gc.collect()
@@ -623,19 +689,44 @@ def _to_device(frames: FrameBatch, device: torch.device) -> FrameBatch:
 
 
 def _write_film(out: Path, film_id: str, rows: _FilmRows, models: Sequence[EmotionModel],
-                opts: ScanOptions, decoder_name: str, key: str) -> None:
+                opts: ScanOptions, decoder_name: str, key: str, film_shots: shots.Shots | None = None,
+                tracking: TrackingRows | None = None, identity: list[np.ndarray] | None = None) -> None:
     frames, faces = rows.arrays()
     common = dict(
         detector=asdict(opts.detector), sampling=asdict(opts.sampling),
         decoder=decoder_name, options_key=key,
+        **({"shots": asdict(opts.shots)} if opts.shots.enabled else {}),
     )
-    write_table(frames_path(out, film_id), frames_table(film_id, **frames, metadata=shard_metadata(**common)))
+    frames_shard = frames_table(film_id, **frames, metadata=shard_metadata(**common))
+    shots.remove_shots(out, film_id)
+    track_ids = None
+    if film_shots is not None:  # shots on: faces linked into tracks within each shot
+        boxes = np.stack([faces[k] for k in ("x0", "y0", "x1", "y1")], axis=1)
+        track_ids = link_tracks(faces["frame_index"], boxes, film_shots.shot_of, tracking)
+    character_ids = None
+    character_names = None
+    if track_ids is not None and identity is not None:  # tracks clustered into characters
+        emb = np.concatenate(identity) if identity else np.zeros((0, 128), np.float32)
+        character_ids = characters(track_ids, emb)
+        if opts.cast is not None:  # names from the cast photos (loaded once per scan)
+            character_names = name_characters(character_ids, emb, load_cast(opts.cast))
+    if film_shots is not None:  # shots on: a shot_index per sampled frame, and the shots shard
+        frames_shard = shots.with_shot_index(frames_shard, film_shots)
+        write_table(shots.shots_path(out, film_id),
+                    shots.shots_table(film_id, film_shots, shard_metadata(**common)))
+    write_table(frames_path(out, film_id), frames_shard)
     for m in models:
         parts = rows.probs[m.model_id]
         probs = np.concatenate(parts) if parts else np.zeros((0, len(m.labels)), np.float32)
         meta = shard_metadata(model_id=m.model_id, model_hash=m.content_hash, labels=list(m.labels),
                               engine=m.engine, **common)
         table = faces_table(film_id, m.model_id, m.labels, faces, probs.astype(np.float32), meta)
+        if track_ids is not None:
+            table = table.append_column(pa.field("track_id", pa.int32()), pa.array(track_ids))
+        if character_ids is not None:
+            table = table.append_column(pa.field("character_id", pa.int32()), pa.array(character_ids))
+        if character_names is not None:
+            table = table.append_column(pa.field("character_name", pa.string()), pa.array(character_names, pa.string()))
         write_table(faces_path(out, film_id, m.model_id), table)
     # 5. Embeddings (scan --embeddings), in a dataset of their own; stale ones go otherwise.
     remove_embeddings(out, film_id)
@@ -715,8 +806,11 @@ class FilmScanner:
             models, self.engine, self.profile = _attach_engines(models, self.engine, self.profile,
                                                                 opts.engine == "auto", self.device)
         self.models = models
+        # A cast (--cast) is read, and its photos embedded, before any film: a bad file fails here.
+        cast = load_cast(opts.cast) if opts.cast is not None else None
         self.key = _options_key(opts, models, self.decoder,
-                                None if opts.embeddings else engine_key(self.engine, self.device, self.profile))
+                                None if opts.embeddings else engine_key(self.engine, self.device, self.profile),
+                                cast.source if cast is not None else None)
 
     def __call__(self, path: str | Path, film_id: str, out: str | Path,
                  on_frames: Callable[[int, int], None] | None = None,
@@ -731,16 +825,17 @@ class FilmScanner:
         """This scan's entry in the manifest's ``scans`` list."""
         return {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "exe_stream_version": __version__,
-            "options": json.loads(json.dumps(asdict(self.opts), default=str)), "options_key": self.key,
+            "options": json.loads(json.dumps(_recorded_options(self.opts), default=str)), "options_key": self.key,
             "models": {m.model_id: {"hash": m.content_hash, "labels": list(m.labels)} for m in self.models},
             "device": str(self.device), "engine": self.engine, "engine_profile": self.profile.settings(),
             "films": films,
         }
 
 
-def _open_output(out: Path, label_sets: Iterable[Sequence[str]]) -> Manifest:
-    """Make a scan's output ready for the shards of models with these label sets; its manifest.
-    An output written by an older schema is refused (a new directory is needed)."""
+def _open_output(out: Path, label_sets: Iterable[Sequence[str]], opts: ScanOptions | None = None) -> Manifest:
+    """Make a scan's output ready for the shards of models with these label sets (and the
+    columns and datasets ``opts``' shots and characters add); its manifest. An output written
+    by an older schema is refused (a new directory is needed)."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(out)
     if manifest.version != SCHEMA_VERSION and manifest.films:
@@ -748,9 +843,23 @@ def _open_output(out: Path, label_sets: Iterable[Sequence[str]]) -> Manifest:
                          f"directory (stats and report still read this one)")
     # The union schema of each dataset grows before files with new columns are written.
     declare_schema(out, "frames", FRAMES_SCHEMA)
+    for dataset, schema in _added_schemas(opts):
+        declare_schema(out, dataset, schema)
     for labels in label_sets:
         declare_schema(out, "faces", faces_schema(labels))
     return manifest
+
+
+def _added_schemas(opts: ScanOptions | None) -> list[tuple[str, pa.Schema]]:
+    """The (dataset, columns) that shots, tracks, characters and a cast add to a scan."""
+    if opts is None or not opts.shots.enabled:
+        return []
+    added = [("frames", shots.FRAMES_SHOT_FIELDS), ("shots", shots.SHOTS_SCHEMA), ("faces", TRACK_FIELDS)]
+    if opts.characters:
+        added.append(("faces", CHARACTER_FIELDS))
+    if opts.cast is not None:
+        added.append(("faces", CAST_FIELDS))
+    return added
 
 
 def _is_done(prev: dict[str, Any], fp: str, keys: Iterable[str], opts: ScanOptions,
@@ -762,9 +871,11 @@ def _is_done(prev: dict[str, Any], fp: str, keys: Iterable[str], opts: ScanOptio
 
 
 def _local_shards_exist(out: Path, film_id: str, opts: ScanOptions, model_ids: Sequence[str]) -> bool:
-    """Whether a film's shards (and embeddings, when the scan stores them) are all under ``out``."""
+    """Whether a film's shards (and embeddings and shots, when the scan stores them) are all
+    under ``out``."""
     return done_shards_exist(out, film_id, model_ids) and (
-        not opts.embeddings or all(embeddings_path(out, film_id, m).exists() for m in model_ids))
+        not opts.embeddings or all(embeddings_path(out, film_id, m).exists() for m in model_ids)) and (
+        not opts.shots.enabled or shots.shots_path(out, film_id).exists())
 
 
 def _finish_entry(entry: dict[str, Any], fp: str, res: FilmResult,
@@ -794,7 +905,7 @@ def _fingerprint(path: Path) -> str:
 def _scan(films, out, opts, device, metadata, on_film_start, on_frames, on_film_end,
           on_film_frames=None) -> ScanResult:
     scanner = FilmScanner(opts, device)
-    manifest = _open_output(out, [m.labels for m in scanner.models])
+    manifest = _open_output(out, [m.labels for m in scanner.models], opts)
     manifest.scans.append(scanner.scan_record(len(films)))
     results: dict[int, FilmResult] = {}
     # Several films may decode at once (--films-at-once); each is recorded as it finishes.
@@ -842,6 +953,19 @@ def _scan_films(films, out, scanner, manifest, at_once, record, on_film_start, o
     # The accelerated components' verdicts in this scan (exe_stream.failsafe).
     manifest.scans[-1]["failsafe"] = failsafe.current().report()
     manifest.save()
+
+
+def _recorded_options(opts: ScanOptions) -> dict[str, Any]:
+    """The scan's options as the manifest records them (shots only when on, so a scan without
+    them records what it recorded before shots existed)."""
+    options = asdict(opts)
+    if not opts.shots.enabled:
+        options.pop("shots")
+    if not opts.characters:
+        options.pop("characters")
+    if opts.cast is None:
+        options.pop("cast")
+    return options
 
 
 def _frames_callback(film_id: str, on_frames: Callable[[int, int], None] | None,

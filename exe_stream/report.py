@@ -84,10 +84,12 @@ class FilmFaces:
     pts_seconds: np.ndarray  # float64 [N]
     label: np.ndarray  # int64 [N], index into ScanView.emotions
     face_area_rel: np.ndarray  # float32 [N]
+    # int32 [N] character of each face (scans with --characters), else None.
+    character: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.frame_index)
-        for name in ("pts_seconds", "label", "face_area_rel"):
+        for name in ("pts_seconds", "label", "face_area_rel") + (("character",) if self.character is not None else ()):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"FilmFaces.{name} has length {len(getattr(self, name))}, expected {n}")
 
@@ -351,13 +353,18 @@ def load_scan(out: Path, models: Sequence[str], opts: StatsOptions = StatsOption
         fi, pts, area = _col(t, "frame_index"), _col(t, "pts_seconds"), _col(t, "face_area_rel")
         conf, face = _col(t, "confidence"), _col(t, "face_index")
         lab = np.asarray([index[prob_column(x)] for x in t.column("label").to_pylist()], np.int64)
+        char = _col(t, "character_id") if "character_id" in t.column_names else None
         faces[m] = {}
         for fid in frames:
             sel = np.flatnonzero(fids == fid)
             if m == models[0]:
                 areas[fid] = area[sel].astype(np.float64)
             sel = sel[face_mask(conf[sel], area[sel], fi[sel], face[sel], opts)]
-            faces[m][fid] = FilmFaces(fi[sel], pts[sel], lab[sel], area[sel])
+            c = char[sel] if char is not None else None
+            if c is not None and (c.dtype == object or np.isnan(c.astype(np.float64)).any()):
+                c = None  # a film scanned without --characters (nulls in the union schema)
+            faces[m][fid] = FilmFaces(fi[sel], pts[sel], lab[sel], area[sel],
+                                      c.astype(np.int32) if c is not None else None)
     return ScanView(out=out, films=films, frames=frames, models=tuple(models), labels=labels,
                     emotions=emotions, faces=faces, areas=areas,
                     faces_total={m: t.num_rows for m, t in tables.items()})
@@ -537,6 +544,34 @@ def plot_timeline(view: ScanView, film_id: str, path: Path, window: int | None =
     title = _titles(view).get(film_id, film_id)
     fig.suptitle(f"{title}: emotions over time ({len(fi)} sampled frames)", fontsize=13)
     _emotion_legend(fig, [view.emotions[j] for j in sorted(shown)] or list(view.emotions), colours, "line")
+    return _save(fig, path)
+
+
+def plot_characters(view: ScanView, film_id: str, path: Path) -> Path:
+    """One film's characters over time (scans with --characters), a panel per model: a row per
+    character, a dot per face at its time, coloured by its top label."""
+    colours = emotion_colours(view.emotions)
+    fig = _figure(12.5, 1.3 + 0.5 * (1 + max(len(np.unique(view.faces[m][film_id].character)) for m in view.models))
+                  * len(view.models))
+    axes = fig.subplots(len(view.models), 1, sharex=True, squeeze=False)[:, 0]
+    shown: set[int] = set()
+    for ax, model in zip(axes, view.models):
+        faces = view.faces[model][film_id]
+        chars = np.unique(faces.character)
+        for j in np.unique(faces.label):
+            sel = faces.label == j
+            shown.add(int(j))
+            ax.scatter(faces.pts_seconds[sel], faces.character[sel], s=14, color=colours[view.emotions[j]],
+                       linewidths=0)
+        ax.set_yticks(chars, [f"character {c}" for c in chars])
+        ax.set_ylim(float(chars.min(initial=0)) - 0.6, float(chars.max(initial=0)) + 0.6)
+        ax.invert_yaxis()
+        ax.set_title(f"{model}: each face of each character, by its top label", fontsize=10, loc="left")
+        ax.grid(alpha=0.25)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(f"{_titles(view).get(film_id, film_id)}: characters over time", fontsize=13)
+    _emotion_legend(fig, [view.emotions[j] for j in sorted(shown)] or list(view.emotions), colours, "patch")
     return _save(fig, path)
 
 
@@ -966,6 +1001,14 @@ def report(
                         f"{BANDS} most frequent emotions; "
                         "right, the cumulative number of faces with each top label. "
                         + ("One row per model." if len(models) == 2 else "")))
+        if all(view.faces[m][f.film_id].character is not None and len(view.faces[m][f.film_id])
+               for m in models):  # 4b. Characters over time (scans with --characters).
+            name = _file_name("characters", f.film_id, taken)
+            plots[name[:-4]] = plot_characters(view, f.film_id, out_dir / name)
+            figures.append(("Timelines", plots[name[:-4]], f"characters of {f.title}",
+                            f"{f.title}: a row per character (face tracks clustered by identity), a dot per "
+                            "face at its time, coloured by its top label"
+                            + ("; a panel per model." if len(models) == 2 else ".")))
     window_text = (
         "Each timeline uses the faces' top labels (after the face filters). Faces in one window are not "
         "independent (the same face recurs in neighbouring frames), so the bands understate the "

@@ -40,6 +40,24 @@ class SamplingOptions:
         return f"{step},{self.mode}"
 
 
+@dataclass(frozen=True)
+class PickedFrames(SamplingOptions):
+    """Exactly these presentation indices, decoded exactly: what a stage that chooses frames
+    itself (shot-aware sampling, ``exe_stream.shots.sampling``) hands the decoder. The scan's
+    resume key and shard metadata keep the user's SamplingOptions, not this."""
+
+    # Presentation indices (any order; duplicates and indices past the film are dropped).
+    indices: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode != "exact":
+            raise ValueError(f"picked frames are decoded exactly, got mode {self.mode!r}")
+
+    def describe(self) -> str:
+        return f"picked={len(self.indices)},exact"
+
+
 def select_frames(
     pts: Sequence[int],
     keyframe_flags: Sequence[bool],
@@ -56,6 +74,7 @@ def select_frames(
     - ``interval=S``: for k = 0, 1, 2, ... the first frame whose pts is at or after
       ``pts[0] + k*S`` seconds (exact rational arithmetic; correct for variable frame rate;
       a gap longer than S yields one frame, not duplicates).
+    - ``PickedFrames``: its indices, sorted, without duplicates or indices past the film.
     - ``mode="keyframe"``: each of those requested frames is replaced by the nearest keyframe
       at or before it (the first keyframe when none precedes it), deduplicated. The returned
       indices are the keyframes actually decoded. No keyframes at all gives ``[]``.
@@ -67,6 +86,8 @@ def select_frames(
         return []
     if any(b < a for a, b in zip(pts, pts[1:])):
         raise ValueError("pts must be in presentation order (non-decreasing)")
+    if isinstance(opts, PickedFrames):
+        return sorted({i for i in opts.indices if 0 <= i < n})
     if opts.every is not None:
         wanted = list(range(0, n, opts.every))
     else:

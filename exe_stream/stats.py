@@ -42,6 +42,9 @@ from .shards import Manifest, existing_frames_path, find_shards, prob_column, re
 
 MEASURES = ("label", "prob")
 PERS = ("faces", "frames")
+# What one film's measure averages over: its faces/frames directly, or each shot's or each
+# face track's own measure (scans with shots), so that every shot or track counts once.
+UNITS = ("film", "shot", "track")
 CORRECTIONS = ("holm", "bh")
 
 #: The fields of every record of ``StatsResult.records``, in order.
@@ -80,10 +83,19 @@ class StatsOptions:
     seed: int = 0
     # Metadata column (e.g. "genre") whose values split the films into groups, each
     # compared separately (groups of at least 2 films); None: group "all" only.
+    # "character" (scans with --characters): every character of every film is a unit of its
+    # own, named "<film_id>/character-<id>", paired between the two models (group "all").
     by: str | None = None
+    # "film": the measure over the film's faces (or frames); "shot" / "track": the measure of
+    # each shot / face track of the film, averaged, so a long close-up (many faces, one shot)
+    # counts as much as any other shot (needs a scan with --shots; "track" needs per="faces").
+    unit: Literal["film", "shot", "track"] = "film"
 
     def __post_init__(self) -> None:
         check_choice("measure", self.measure, MEASURES)
+        check_choice("unit", self.unit, UNITS)
+        if self.unit == "track" and self.per != "faces":
+            raise OptionError("unit", "'track' averages each track's faces: use it with per 'faces'")
         check_choice("per", self.per, PERS)
         check_choice("correction", self.correction, CORRECTIONS)
         check_range("min_confidence", self.min_confidence, lo=0.0, hi=1.0)
@@ -228,9 +240,10 @@ def _dominant(values: np.ndarray, labels: Sequence[str]) -> list[str | None]:
 
 
 def _film_values(table: pa.Table, cols: Sequence[str], renorm: bool, n_frames: int,
-                 opts: StatsOptions) -> tuple[np.ndarray, int, int]:
+                 opts: StatsOptions, frames: pa.Table | None = None) -> tuple[np.ndarray, int, int]:
     """One film's measures (float64 [C]), faces counted, and faces dropped for having no
-    probability on the classes ``cols`` (renormalisation only)."""
+    probability on the classes ``cols`` (renormalisation only). ``frames``: the film's
+    frames shard (read for ``opts.unit`` "shot")."""
     def col(name: str) -> np.ndarray:
         return table.column(name).to_numpy(zero_copy_only=False)
 
@@ -256,14 +269,67 @@ def _film_values(table: pa.Table, cols: Sequence[str], renorm: bool, n_frames: i
         first[1:] = frame[order][1:] != frame[order][:-1]
         sel = sel[order[first]]
     p = probs[sel]
-    if opts.measure == "label":
-        num = np.bincount(p.argmax(axis=1), minlength=len(cols)).astype(np.float64) if len(p) \
-            else np.zeros(len(cols))
-    else:
-        num = p.sum(axis=0) if len(p) else np.zeros(len(cols))
-    den = len(p) if opts.per == "faces" else n_frames
-    values = num / den if den > 0 else np.zeros(len(cols))
+    if opts.unit != "film":
+        units, frames_per_unit = _units(table, frames, opts)
+        return _unit_values(p, units[sel], frames_per_unit, len(cols), opts), int(len(p)), dropped_zero
+    values = _measure(p, len(p) if opts.per == "faces" else n_frames, len(cols), opts)
     return values, int(len(p)), dropped_zero
+
+
+def _measure(p: np.ndarray, den: int, c: int, opts: StatsOptions) -> np.ndarray:
+    """The measure of faces' probabilities p [n, C] over ``den`` faces or frames -> [C]."""
+    if opts.measure == "label":
+        num = np.bincount(p.argmax(axis=1), minlength=c).astype(np.float64) if len(p) else np.zeros(c)
+    else:
+        num = p.sum(axis=0) if len(p) else np.zeros(c)
+    return num / den if den > 0 else np.zeros(c)
+
+
+def _units(faces: pa.Table, frames: pa.Table | None, opts: StatsOptions) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each face's unit (int64 [N]: its shot or track) and, for shots, the sampled frames of
+    every shot (int64 [S]). Raises StatsError for a scan without shots."""
+    if opts.unit == "track":
+        if "track_id" not in faces.column_names or faces.column("track_id").null_count:
+            raise StatsError("--unit track needs face tracks: scan the films with --shots")
+        return faces.column("track_id").to_numpy(zero_copy_only=False).astype(np.int64), None
+    if frames is None or "shot_index" not in frames.column_names or frames.column("shot_index").null_count:
+        raise StatsError("--unit shot needs shots: scan the films with --shots")
+    fi = frames.column("frame_index").to_numpy()
+    shot = frames.column("shot_index").to_numpy().astype(np.int64)
+    order = np.argsort(fi, kind="stable")
+    pos = np.searchsorted(fi[order], faces.column("frame_index").to_numpy())
+    return shot[order][np.clip(pos, 0, len(fi) - 1)], np.bincount(shot, minlength=int(shot.max(initial=-1)) + 1)
+
+
+def _unit_values(p: np.ndarray, units: np.ndarray, frames_per_unit: np.ndarray | None, c: int,
+                 opts: StatsOptions) -> np.ndarray:
+    """The mean over the film's shots (or tracks) of each one's measure. Per faces, units
+    without faces (after the filters) are left out; per frames, a shot's denominator is its
+    sampled frames, and shots with sampled frames but no faces count (as zero)."""
+    if opts.per == "frames":
+        assert frames_per_unit is not None
+        ids = np.flatnonzero(frames_per_unit)
+    else:
+        ids = np.unique(units)
+    if len(ids) == 0:
+        return np.zeros(c)
+    per_unit = [_measure(p[units == u], int((units == u).sum()) if opts.per == "faces" else int(frames_per_unit[u]),
+                         c, opts) for u in ids]
+    return np.mean(per_unit, axis=0)
+
+
+# StatsOptions.by value that makes every character of every film a unit of its own.
+CHARACTER = "character"
+
+
+def _by_character(film_id: str, faces: pa.Table) -> list[tuple[str, pa.Table]]:
+    """A film's faces split by character: ("<film_id>/character-<id>", its faces) per id."""
+    if "character_id" not in faces.column_names or faces.column("character_id").null_count:
+        raise StatsError(f"film {film_id!r} has no characters: --by character needs a scan with --characters")
+    import pyarrow.compute as pc
+
+    ids = sorted(set(faces.column("character_id").to_pylist()))
+    return [(f"{film_id}/character-{c}", faces.filter(pc.equal(faces.column("character_id"), c))) for c in ids]
 
 
 def film_measures(
@@ -320,12 +386,17 @@ def film_measures(
         if opts.per == "frames" and n_frames == 0:
             excluded[fid] = "no sampled frames"
             continue
-        values, n_faces, dropped_zero = _film_values(table, cols, renorm, n_frames, opts)
-        zero_total += dropped_zero
-        if opts.per == "faces" and n_faces == 0:
-            excluded[fid] = "no faces after the filters"
-            continue
-        rows.append((fid, values, n_faces, n_frames))
+        frames = read_table(fp) if (fp is not None and opts.unit == "shot") else None
+        for unit_id, part in _by_character(fid, table) if opts.by == CHARACTER else ((fid, table),):
+            try:
+                values, n_faces, dropped_zero = _film_values(part, cols, renorm, n_frames, opts, frames)
+            except StatsError as e:
+                raise StatsError(f"film {fid!r}: {e}") from e
+            zero_total += dropped_zero
+            if opts.per == "faces" and n_faces == 0:
+                excluded[unit_id] = "no faces after the filters"
+                continue
+            rows.append((unit_id, values, n_faces, n_frames))
 
     notes: list[str] = []
     failed = sorted(f for f, r in excluded.items() if r == "scan failed")
@@ -693,7 +764,9 @@ def stats(
     groups: dict[str, tuple[str, ...]] = {ALL_GROUP: film_ids}
     manifest = Manifest.load(out)
     meta = _film_metadata(manifest, metadata, film_ids)
-    if opts.by:
+    if opts.by == CHARACTER:
+        notes.append(f"units are characters: {len(film_ids)} (film, character) pairs, each compared once")
+    elif opts.by:
         values = {f: meta[f].get(opts.by) for f in film_ids}
         values = {f: str(v) for f, v in values.items() if v is not None and str(v) != ""}
         if not values:

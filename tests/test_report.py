@@ -264,3 +264,36 @@ def test_cli_report_bad_arguments_exit_2(two, tmp_path, args, message):
     r = runner.invoke(app, ["report", str(two[0]), "-o", str(tmp_path / "x"), *args])
     assert r.exit_code == 2, r.output
     assert message in " ".join(r.output.split())
+
+
+def test_characters_timeline_for_films_scanned_with_characters(tmp_path):
+    """A film with character_id gets a characters plot (a row per character); a film without
+    (null in the union schema) does not."""
+    import pyarrow as pa
+
+    from exe_stream.report import load_scan, report
+    from exe_stream.shards import (declare_schema, faces_path, faces_schema, faces_table, frames_path,
+                                   frames_table, shard_metadata, write_table, FRAMES_SCHEMA)
+
+    labels = ("happy", "sad")
+    declare_schema(tmp_path, "frames", FRAMES_SCHEMA)
+    declare_schema(tmp_path, "faces", faces_schema(labels))
+    declare_schema(tmp_path, "faces", pa.schema([("character_id", pa.int32())]))
+    for film, chars in (("cast", [0, 1, 0, 2, 1, 0]), ("plain", None)):
+        fi = np.arange(6)
+        write_table(frames_path(tmp_path, film), frames_table(film, fi, fi / 2.0, fi == 0, np.ones(6), shard_metadata()))
+        z = np.zeros(6, np.float32)
+        cols = dict(frame_index=fi, pts_seconds=fi / 2.0, face_index=np.zeros(6, np.int16), x0=z, y0=z, x1=z + 0.3,
+                    y1=z + 0.3, det_score=z + 0.9, face_area_rel=z + 0.09)
+        probs = np.array([[0.8, 0.2], [0.3, 0.7]] * 3, np.float32)
+        t = faces_table(film, "m", labels, cols, probs, shard_metadata(model_id="m", labels=list(labels)))
+        if chars is not None:
+            t = t.append_column("character_id", pa.array(np.array(chars, np.int32)))
+        write_table(faces_path(tmp_path, film, "m"), t)
+    view = load_scan(tmp_path, ["m"])
+    assert view.faces["m"]["cast"].character.tolist() == [0, 1, 0, 2, 1, 0]
+    assert view.faces["m"]["plain"].character is None
+    res = report(tmp_path, out_dir=tmp_path / "report")
+    assert "characters-cast" in res.plots and res.plots["characters-cast"].exists()
+    assert "characters-plain" not in res.plots and "timeline-plain" in res.plots
+    assert "characters of cast" in res.html.read_text()

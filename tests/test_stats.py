@@ -570,3 +570,69 @@ def test_cli_unknown_model_lists_available_and_defaults_need_two_models(tmp_path
     assert r.exit_code == 2 and "give both --a and --b" in r.output and "m1, m2, m3" in r.output
     r = runner.invoke(app, ["stats", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "missing does not exist" in " ".join(r.output.split())
+
+
+# --------------------------------------------------------------------------- units: shot, track
+
+
+def shots_scan(out: Path, with_shots: bool = True) -> Path:
+    """One film, 11 sampled frames: shot 0 = frames 0-7, each with one happy face (track 0);
+    shot 1 = frames 8-10, a sad face on 8 and 9 (track 1), none on 10."""
+    fi = np.arange(11)
+    frames = frames_table("f", fi, fi / 25.0, fi == 0, (fi < 10).astype(np.int16), shard_metadata())
+    faces_fi = np.arange(10)
+    probs = np.array([[0.1, 0.8, 0.1]] * 8 + [[0.7, 0.2, 0.1]] * 2, np.float32)
+    write_faces(out, "f", "m", TINY, faces_fi, np.zeros(10), np.full(10, 0.1), probs)
+    if with_shots:
+        frames = frames.append_column("shot_index", pa.array((fi >= 8).astype(np.int32)))
+        t = read_table(faces_path(out, "f", "m"))
+        write_table(faces_path(out, "f", "m"), t.append_column("track_id", pa.array((faces_fi >= 8).astype(np.int32))))
+    write_table(frames_path(out, "f"), frames)
+    return out
+
+
+@pytest.mark.parametrize("unit, per, expected", [
+    ("film", "faces", [0.2, 0.8, 0.0]),  # 8 happy, 2 angry of 10 faces
+    ("shot", "faces", [0.5, 0.5, 0.0]),  # shot 0 all happy, shot 1 all angry: each counts once
+    ("track", "faces", [0.5, 0.5, 0.0]),
+    ("shot", "frames", [1 / 3, 0.5, 0.0]),  # shot 1: 2 angry faces over its 3 sampled frames
+])
+def test_shot_and_track_units_count_each_once(tmp_path, unit, per, expected):
+    m = film_measures(shots_scan(tmp_path), "m", StatsOptions(unit=unit, per=per))
+    np.testing.assert_allclose(m.values[0], expected, atol=1e-12)
+
+
+def test_units_need_a_scan_with_shots(tmp_path):
+    shots_scan(tmp_path, with_shots=False)
+    with pytest.raises(StatsError, match=r"film 'f': --unit shot needs shots: scan the films with --shots"):
+        film_measures(tmp_path, "m", StatsOptions(unit="shot"))
+    with pytest.raises(StatsError, match="--unit track needs face tracks"):
+        film_measures(tmp_path, "m", StatsOptions(unit="track"))
+    with pytest.raises(ValueError, match="unit"):
+        StatsOptions(unit="scene")
+    with pytest.raises(ValueError, match="use it with per 'faces'"):
+        StatsOptions(unit="track", per="frames")
+
+
+def test_by_character_makes_each_character_a_paired_unit(tmp_path):
+    """Two models over the same faces of one film with two characters: one unit per
+    (film, character), measured on that character's faces only."""
+    shots_scan(tmp_path)
+    char = np.array([0] * 8 + [1] * 2, np.int32)
+    probs_b = np.array([[0.2, 0.1, 0.7]] * 10, np.float32)  # model b: all neutral
+    write_faces(tmp_path, "f", "n", TINY, np.arange(10), np.zeros(10), np.full(10, 0.1), probs_b)
+    for m in ("m", "n"):
+        t = read_table(faces_path(tmp_path, "f", m))
+        write_table(faces_path(tmp_path, "f", m), t.append_column("character_id", pa.array(char)))
+    m = film_measures(tmp_path, "m", StatsOptions(by="character"))
+    assert m.film_ids == ("f/character-0", "f/character-1")
+    np.testing.assert_allclose(m.values, [[0, 1, 0], [1, 0, 0]])
+    assert m.n_faces.tolist() == [8, 2]
+    res = stats(tmp_path, "m", "n", StatsOptions(by="character", n_boot=0))
+    assert res.film_ids == ("f/character-0", "f/character-1")
+    rec = {r["emotion"]: r for r in res.records if r["group"] == "all"}
+    assert rec["neutral"]["mean_diff"] == pytest.approx(-1.0) and rec["happy"]["mean_a"] == pytest.approx(0.5)
+    # A scan without characters says what it needs.
+    shots_scan(tmp_path / "plain")
+    with pytest.raises(StatsError, match="needs a scan with --characters"):
+        film_measures(tmp_path / "plain", "m", StatsOptions(by="character"))

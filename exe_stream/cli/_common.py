@@ -70,7 +70,10 @@ Per = Annotated[str, typer.Option("--per", help="faces | frames: the denominator
 MinConfidence = Annotated[float, typer.Option("--min-confidence", help="Drop faces whose top-class probability is below this.")]
 MinFaceArea = Annotated[float, typer.Option("--min-face-area", help="Drop faces whose box covers less than this fraction of the frame.")]
 LargestOnly = Annotated[bool, typer.Option("--largest-only", help="Count only the largest face of each frame.")]
+Unit = Annotated[str, typer.Option(
+    "--unit", help="film | shot | track: a film's measure over its faces, or the mean of each shot's "
+                   "(track's) own measure so every shot (track) counts once; shot/track need a scan with --shots.")]
 Correction = Annotated[str, typer.Option("--correction", help="holm | bh: p-value correction across emotions.")]
 Bootstrap = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% interval (0: none).")]
 Seed = Annotated[int, typer.Option("--seed", help="Bootstrap seed.")]
-By = Annotated[Optional[str], typer.Option("--by", help="Also compare within each group of this metadata column (e.g. genre).")]
+By = Annotated[Optional[str], typer.Option("--by", help="Also compare within each group of this metadata column (e.g. genre); 'character': every character of every film is a unit (scans with --characters).")]

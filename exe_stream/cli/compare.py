@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from ..metadata import load_metadata
-from ._common import (Bootstrap, By, Correction, LargestOnly, Measure, MetadataFile, MinConfidence, MinFaceArea,
+from ._common import (Bootstrap, By, Correction, LargestOnly, Measure, Unit, MetadataFile, MinConfidence, MinFaceArea,
                       Per, ScanOut, Seed, escape, note, say, wide)
 
 
@@ -75,11 +75,13 @@ def print_stats(result) -> None:
         note(n)
 
 
-def _stats_options(measure, per, min_confidence, min_face_area, largest_only, correction, n_boot, seed, by):
+def _stats_options(measure, per, min_confidence, min_face_area, largest_only, correction, n_boot, seed, by,
+                   unit="film"):
     from ..stats import StatsOptions
 
     return StatsOptions(measure=measure, per=per, min_confidence=min_confidence, min_face_area=min_face_area,
-                        largest_only=largest_only, correction=correction, n_boot=n_boot, seed=seed, by=by)
+                        largest_only=largest_only, correction=correction, n_boot=n_boot, seed=seed, by=by,
+                        unit=unit)
 
 
 def stats_cmd(
@@ -91,6 +93,7 @@ def stats_cmd(
     min_confidence: MinConfidence = 0.0,
     min_face_area: MinFaceArea = 0.0,
     largest_only: LargestOnly = False,
+    unit: Unit = "film",
     correction: Correction = "holm",
     n_boot: Bootstrap = 10000,
     seed: Seed = 0,
@@ -112,7 +115,8 @@ def stats_cmd(
 
     if not is_uri(out) and not Path(out).is_dir():
         raise ValueError(f"scan output directory {out} does not exist")
-    opts = _stats_options(measure, per, min_confidence, min_face_area, largest_only, correction, n_boot, seed, by)
+    opts = _stats_options(measure, per, min_confidence, min_face_area, largest_only, correction, n_boot, seed, by,
+                          unit)
     meta = load_metadata(metadata) if metadata else None
     with local_copy(out) as local:  # a scan in object storage is read from a temporary copy
         model_a, model_b = _resolve_models(local, a, b)
@@ -145,6 +149,7 @@ def report_cmd(
     min_confidence: MinConfidence = 0.0,
     min_face_area: MinFaceArea = 0.0,
     largest_only: LargestOnly = False,
+    unit: Unit = "film",
     correction: Correction = "holm",
     n_boot: Bootstrap = 10000,
     seed: Seed = 0,
@@ -159,7 +164,8 @@ def report_cmd(
 
     if is_uri(out) and out_dir is None:
         raise ValueError(f"the report of a scan in object storage ({out}) needs -o DIR for its files")
-    opts = _stats_options(measure, per, min_confidence, min_face_area, largest_only, correction, n_boot, seed, by)
+    opts = _stats_options(measure, per, min_confidence, min_face_area, largest_only, correction, n_boot, seed, by,
+                          unit)
     meta = load_metadata(metadata) if metadata else None
     with local_copy(out) as local:  # a scan in object storage is read from a temporary copy
         result = report(local, out_dir, a=a, b=b, opts=opts, metadata=meta, window=window)

@@ -116,7 +116,21 @@ def scan_cmd(
     ] = ["fer2013-minixception"],  # noqa: B006 - Typer reads the default
     every: Annotated[Optional[int], typer.Option("--every", help="Sample every N-th frame (default 100).")] = None,
     interval: Annotated[Optional[float], typer.Option("--interval", help="Sample every S seconds instead.")] = None,
-    mode: Annotated[str, typer.Option("--sampling", help="exact | keyframe")] = "exact",
+    mode: Annotated[str, typer.Option(
+        "--sampling", help="exact | keyframe | shots (K frames per shot, see --per-shot; needs --shots)")] = "exact",
+    per_shot: Annotated[int, typer.Option(
+        "--per-shot", help="With --sampling shots: frames per shot, from the middle out, away from cuts.")] = 3,
+    track_every: Annotated[int, typer.Option(
+        "--track-every", help="With --shots: also decode every M-th frame of each shot to link faces into tracks "
+                              "(those frames get no rows; 0 = sampled frames only).")] = 0,
+    characters: Annotated[bool, typer.Option(
+        "--characters", help="With --shots: an identity embedding per face (dlib's ResNet encoder); face tracks "
+                             "clustered into characters per film (faces get character_id).")] = False,
+    cast: Annotated[Optional[Path], typer.Option(
+        "--cast", help="With --characters: a CSV of name,photo; characters are named after the nearest photo "
+                       "(faces get character_name).")] = None,
+    skip_cuts: Annotated[bool, typer.Option(
+        "--skip-cuts", help="Move --every/--interval samples that land on or next to a cut off it (needs --shots).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     decoder: Annotated[str, typer.Option("--decoder", help="auto | pyav | nvdec | dali")] = "auto",
     detector: Annotated[str, typer.Option("--detector", help="blazeface-full | blazeface-short")] = "blazeface-full",
@@ -137,6 +151,9 @@ def scan_cmd(
     ray_cpus_per_film: RayCpusPerFilm = 1.0,
     ray_films_per_gpu: RayFilmsPerGpu = 0,
     ray_max_attempts: RayMaxAttempts = 3,
+    shots: Annotated[str, typer.Option(
+        "--shots", help="Shot boundaries: off | transnet (TransNetV2; fast on a GPU) | content "
+                        "(PySceneDetect, light, CPU); adds shot_index to frames and OUT/shots/.")] = "off",
     quiet: Quiet = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log details (tracebacks of failed films).")] = False,
 ) -> None:
@@ -148,18 +165,31 @@ def scan_cmd(
     from ..detect import DetectorOptions
     from ..pipeline import ScanOptions
     from ..sampling import SamplingOptions
+    from ..shots import ShotOptions
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     if every is not None and interval is not None:
         raise ValueError("use either --every or --interval, not both")
+    by_shot = mode == "shots"
+    if by_shot and (every is not None or interval is not None):
+        raise ValueError("--sampling shots takes --per-shot frames from every shot, not --every/--interval")
+    if by_shot and per_shot < 1:
+        raise ValueError(f"--per-shot must be >= 1, got {per_shot}")
+    if by_shot:
+        mode = "exact"
     s = SamplingOptions(every=every if interval is None else None, interval=interval, mode=mode) \
         if (every is not None or interval is not None) else SamplingOptions(mode=mode)
+    shot_opts = ShotOptions(method=shots, per_shot=per_shot if by_shot else 0, skip_cuts=skip_cuts,
+                            track_every=track_every)
     det = DetectorOptions(name=detector, min_score=min_score, max_faces=max_faces)
     opts = ScanOptions(sampling=s, detector=det, models=tuple(model), device=device,
                        decoder=decoder, engine=engine, batch_size=batch_size, resume=resume,
                        engine_profile=engine_profile, embeddings=embeddings,
-                       films_at_once=films_at_once)
+                       films_at_once=films_at_once, shots=shot_opts, characters=characters,
+                       cast=str(cast) if cast is not None else None)
     ropts = ray_options(ray, ray_cpus_per_film, ray_films_per_gpu, ray_max_attempts) if ray is not None else None
+    if ropts is not None and shot_opts.enabled:
+        raise ValueError("--shots (and tracks, characters) is not yet supported with --ray; scan without --ray")
     meta = load_metadata(metadata) if metadata else None
     from ..storage import is_uri
 

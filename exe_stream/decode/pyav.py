@@ -77,7 +77,7 @@ from ..errors import DecodeError
 from .index import (
     _NOPTS, DemuxIndex, IndexCache, _colour, _display_ops, _open, film_info, sampled_frames,
 )
-from ..sampling import SamplingOptions
+from ..sampling import PickedFrames, SamplingOptions
 from ..types import FilmInfo, FrameBatch, Matrix
 
 # 4:2:0 8-bit formats whose planes are used as they are (the j ones are full range).
@@ -837,6 +837,7 @@ class PyAVDecoder:
         use_pts = index.fallback == "pts repeated"
         interval = Fraction(repr(float(sampling.interval))) if sampling.interval else None
         keyframe_mode = sampling.mode == "keyframe"
+        picked = set(sampling.indices) if isinstance(sampling, PickedFrames) else set()
         count = 0
         t_first: Fraction | None = None
         next_t = Fraction(0)
@@ -858,7 +859,9 @@ class PyAVDecoder:
                     i = count
                     count += 1
                     t = Fraction(f.pts) * tb if use_pts and f.pts is not None else i / rate
-                    if sampling.every is not None:
+                    if isinstance(sampling, PickedFrames):
+                        wanted = i in picked
+                    elif sampling.every is not None:
                         wanted = i % sampling.every == 0
                     else:
                         if t_first is None:

