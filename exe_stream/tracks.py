@@ -21,7 +21,6 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from .types import FaceBatch, FrameBatch
 
@@ -83,6 +82,8 @@ def link_faces(frame_index: np.ndarray, boxes: np.ndarray, shot_index: np.ndarra
     normalised (x0, y0, x1, y1); shot_index: int [N], the shot of the face's frame. Faces may
     come in any order. Returns int32 [N], ids 0, 1, ... in order of first appearance.
     """
+    from scipy.optimize import linear_sum_assignment  # here: scans without shots never import it
+
     n = len(frame_index)
     assert boxes.shape == (n, 4) and shot_index.shape == (n,)
     ids = np.full(n, -1, np.int64)
