@@ -76,7 +76,7 @@ class _Session:
 
     def __init__(self, analyser: LiveAnalyser) -> None:
         self.id = session_id()
-        analyser.reset()
+        analyser.reset()  # its smoothing state; see LiveServer._analysis_lock
         self.timeline = Timeline(self.id, analyser.models, analyser.opts.detector)
         self.slot: LatestSlot = LatestSlot()
         self.t0: float | None = None
@@ -96,8 +96,12 @@ class LiveServer:
         self.opts = opts
         self.port: int | None = None
         self._server: Any = None
+        # The connection that holds the session (one at a time), and each connection's session.
         self._active: Any = None
-        self._session: _Session | None = None
+        self._sessions: dict[Any, _Session] = {}
+        # The analyser is used by one thread at a time (a closing connection's last frame may
+        # still be in analysis when the next page connects).
+        self._analysis_lock = threading.Lock()
         self._page = {path: (PAGE_DIR / name).read_bytes() for path, (name, _) in PAGE_FILES.items()}
 
     @property
@@ -175,13 +179,17 @@ class LiveServer:
     async def _handler(self, ws: Any) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        if self._active is not None:
+        from websockets.protocol import State
+
+        # A connection that is already closing (e.g. closed for an oversized message) does not
+        # hold the session any more, even while its handler is still finishing.
+        if self._active is not None and self._active.state is State.OPEN:
             await self._send(ws, {"type": "busy", "message": (
                 "Another page is already using exe-stream live. Close it (or its tab) and reload this page.")})
             await ws.close(BUSY_CODE, "another page is connected")
             return
         self._active = ws
-        session = self._session = _Session(self.analyser)
+        session = self._sessions[ws] = _Session(self.analyser)
         await self._send(ws, self._hello(session))
         worker = asyncio.create_task(self._analyse_loop(ws))
         try:
@@ -198,7 +206,9 @@ class LiveServer:
                 await worker
             except (asyncio.CancelledError, Exception):
                 pass
-            self._active = None
+            self._sessions.pop(ws, None)
+            if self._active is ws:
+                self._active = None
 
     def _hello(self, session: _Session) -> dict[str, Any]:
         return {
@@ -209,7 +219,7 @@ class LiveServer:
         }
 
     async def _frame(self, ws: Any, data: bytes) -> None:
-        session = self._session
+        session = self._sessions.get(ws)
         assert session is not None
         session.received += 1
         try:
@@ -228,11 +238,12 @@ class LiveServer:
             await self._send(ws, {"type": "dropped", "seq": old[0].seq, "dropped": session.slot.dropped})
 
     async def _analyse_loop(self, ws: Any) -> None:
-        assert self._session is not None
-        slot = self._session.slot
+        slot = self._sessions[ws].slot
         while True:
             header, payload, received = await slot.get()
-            session = self._session
+            session = self._sessions.get(ws)
+            if session is None:
+                return
             pts = (header.t - (header.t if session.t0 is None else session.t0)) / 1000.0
             try:
                 result = await asyncio.to_thread(self._analyse, session, header, payload, pts)
@@ -250,12 +261,13 @@ class LiveServer:
 
     def _analyse(self, session: _Session, header: Any, payload: memoryview, pts: float) -> Any:
         frames = to_frame_batch(header, payload, header.seq, pts)
-        result, faces, probs = self.analyser.analyse(frames)
+        with self._analysis_lock:
+            result, faces, probs = self.analyser.analyse(frames)
         session.timeline.add(frames, faces, probs)
         return result
 
     async def _command(self, ws: Any, text: str) -> None:
-        session = self._session
+        session = self._sessions.get(ws)
         assert session is not None
         try:
             cmd = json.loads(text)
@@ -279,7 +291,7 @@ class LiveServer:
         elif kind == "new":
             new = _Session(self.analyser)
             new.slot = session.slot  # the analysis loop waits on it; it reads the session per frame
-            self._session = new
+            self._sessions[ws] = new
             await self._send(ws, self._hello(new))
         else:
             session.rejected += 1
