@@ -205,10 +205,13 @@ def test_node_removed_mid_scan_films_finish_elsewhere(cluster, long_library, tmp
         if node_id in workers:
             on_node[film_id] = workers[node_id]
 
-    opts = _opts(sampling=SamplingOptions(every=2), batch_size=4)
-    # Where the scheduler puts each film, and when progress reports arrive, depend on timing: on a
-    # loaded machine a try may see no long film on a worker node. Up to three tries (each a
-    # whole, independent scan into its own output) until the fault has been injected once.
+    # Every frame, one per batch: a long film reports progress after each of its 360 frames, so
+    # the driver (polling twice a second) sees it on its node well before half its frames, even
+    # on an idle machine where a film with fewer, larger batches is half done at its first report.
+    opts = _opts(sampling=SamplingOptions(every=1), batch_size=1)
+    # Where the scheduler puts each film, and when progress reports arrive, depend on timing: a
+    # try may still see no long film on a worker node. Up to three tries (each a whole,
+    # independent scan into its own output) until the fault has been injected once.
     for attempt in range(3):
         on_node.clear()
         out = tmp_path / f"out{attempt}"
