@@ -51,8 +51,8 @@ class TrackOptions:
             raise ValueError(f"max_missed must be >= 0, got {self.max_missed}")
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [P, 4] and b [Q, 4] (x0, y0, x1, y1) -> [P, Q]."""
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a [P, 4] and b [Q, 4] (x0, y0, x1, y1) -> [P, Q] (0 where both are empty)."""
     x0 = np.maximum(a[:, None, 0], b[None, :, 0])
     y0 = np.maximum(a[:, None, 1], b[None, :, 1])
     x1 = np.minimum(a[:, None, 2], b[None, :, 2])
@@ -105,7 +105,7 @@ def link_faces(frame_index: np.ndarray, boxes: np.ndarray, shot_index: np.ndarra
         matched_d: set[int] = set()
         if live and len(det):
             pred = np.stack([t.predicted() for t in live])
-            iou = _iou(pred, det)
+            iou = box_iou(pred, det)
             side = np.sqrt(np.clip((pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1]), 1e-12, None))
             dside = np.sqrt(np.clip((det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1]), 1e-12, None))
             pc = (pred[:, :2] + pred[:, 2:]) / 2

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..tracks import box_iou
 from ..classify import classify_faces
 from ..detect import DetectorOptions, detect_faces
 from ..options import OptionError, check_choice, check_range
@@ -99,18 +100,6 @@ class FrameResult:
                 "faces": faces, "analyse_ms": round(1000.0 * self.analyse_seconds, 2)}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [N, 4] against b [M, 4] -> [N, M]."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 class Smoother:
     """Exponential smoothing of each face's probabilities over time.
 
@@ -134,7 +123,7 @@ class Smoother:
         alpha = 1.0 if self.tau == 0 else 1.0 - math.exp(-dt / self.tau)
         match: dict[int, int] = {}
         if len(boxes) and len(self._boxes):
-            iou = _iou(boxes, self._boxes)
+            iou = box_iou(boxes, self._boxes)
             for flat in np.argsort(-iou, axis=None, kind="stable"):
                 i, j = divmod(int(flat), iou.shape[1])
                 if iou[i, j] < self.min_iou:
