@@ -198,3 +198,13 @@ def test_every_option_that_is_not_runtime_is_in_the_resume_key():
 
     assert _options_key(Extended(new_option=1, sampling=SamplingOptions(every=10)), models, "pyav") != \
         _options_key(Extended(new_option=0, sampling=SamplingOptions(every=10)), models, "pyav")
+
+
+def test_a_scan_does_not_write_into_a_schema_1_output(tmp_path, clips):
+    """An output an older exe-stream wrote (schema 1) is read, never mixed with schema 2 files."""
+    out = tmp_path / "old"
+    (out / "frames" / "film_id=a").mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({"schema": "1", "films": {"a": {"status": "done"}}}))
+    with pytest.raises(ValueError, match=r"holds a schema 1 scan \(an older exe-stream\); scan into a new directory"):
+        scan([clips / "carphone_pristine.mp4"], out, _opts())
+    assert sorted(p.name for p in out.rglob("*")) == ["film_id=a", "frames", "manifest.json"]

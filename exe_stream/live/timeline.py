@@ -20,9 +20,8 @@ import torch
 from .. import __version__
 from ..detect import DetectorOptions
 from ..models import EmotionModel
-from ..pipeline import ScanOptions, _FilmRows, _write_film
+from ..pipeline import ScanOptions, _FilmRows, _open_output, _write_film
 from ..sampling import SamplingOptions
-from ..shards import FRAMES_SCHEMA, SCHEMA_VERSION, Manifest, declare_schema, faces_schema
 from ..types import FaceBatch, FrameBatch
 
 
@@ -130,15 +129,7 @@ class Timeline:
         opts = ScanOptions(sampling=SamplingOptions(every=1), detector=self.detector,
                            models=tuple(m.model_id for m in self.models), resume=False)
         key = f"live:{self.session_id}"
-        out.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest.load(out)
-        if manifest.version != SCHEMA_VERSION and manifest.films:
-            raise ValueError(f"{out} holds a schema {manifest.version} scan (an older exe-stream); save the "
-                             f"session into a new directory")
-        # The union schema of each dataset grows before files with new columns are written (as scan).
-        declare_schema(out, "frames", FRAMES_SCHEMA)
-        for m in self.models:
-            declare_schema(out, "faces", faces_schema(m.labels))
+        manifest = _open_output(out, [m.labels for m in self.models])
         _write_film(out, self.session_id, self._rows, self.models, opts, self.decoder, key)
         manifest.films[self.session_id] = {
             "path": self.source,
