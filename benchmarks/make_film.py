@@ -36,16 +36,20 @@ def _upscaled_frames(clip: Path):
             yield canvas
 
 
-def encode_segment(path: Path, bitrate: int, preset: str = "medium", max_frames: int | None = None) -> int:
+def encode_segment(path: Path, bitrate: int, preset: str = "medium", max_frames: int | None = None,
+                   scenecut: bool = True) -> int:
     """Encode the bundled clips once, upscaled to 1080p, with x264 ``preset`` (their first
-    ``max_frames`` frames when given); returns the number of frames."""
+    ``max_frames`` frames when given); ``scenecut=False``: keyframes every 250 frames only (as
+    encoders without scene-change keyframes write, e.g. fixed-GOP streaming encodes); returns
+    the number of frames."""
     n = 0
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=FPS)
         s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         s.bit_rate = bitrate
-        s.options = {"preset": preset, "bf": "3", "g": "250", "keyint_min": "25", "sc_threshold": "40"}
-        s.codec_context.options = {"x264-params": "keyint=250:min-keyint=25:bframes=3:open-gop=0"}
+        sc = "40" if scenecut else "0"
+        s.options = {"preset": preset, "bf": "3", "g": "250", "keyint_min": "25", "sc_threshold": sc}
+        s.codec_context.options = {"x264-params": f"keyint=250:min-keyint=25:bframes=3:open-gop=0:scenecut={sc}"}
         s.codec_context.color_primaries = 1
         s.codec_context.color_trc = 1
         s.codec_context.colorspace = 1  # BT.709
@@ -85,12 +89,12 @@ def loop_segment(segment: Path, path: Path, minutes: float) -> tuple[int, float]
 
 
 def make_film(path: Path, minutes: float, bitrate: int = 6_000_000, segment: Path | None = None,
-              preset: str = "medium", max_frames: int | None = None) -> dict:
+              preset: str = "medium", max_frames: int | None = None, scenecut: bool = True) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
-    segment = segment or path.with_name("segment-1080p.mp4")
+    segment = segment or path.with_name("segment-1080p.mp4" if scenecut else "segment-1080p-noscenecut.mp4")
     t = time.perf_counter()
     if not segment.exists():
-        encode_segment(segment, bitrate, preset, max_frames)
+        encode_segment(segment, bitrate, preset, max_frames, scenecut)
     enc_s = time.perf_counter() - t
     frames, seconds = loop_segment(segment, path, minutes)
     return {"path": str(path), "frames": frames, "seconds": seconds, "segment_encode_s": enc_s,
@@ -105,8 +109,11 @@ def main() -> None:
     ap.add_argument("--preset", default="medium", help="x264 preset (a quick rehearsal: ultrafast)")
     ap.add_argument("--max-frames", type=int, default=None,
                     help="only the clips' first N frames in the looped segment (a quick rehearsal)")
+    ap.add_argument("--no-scenecut", action="store_true",
+                    help="keyframes every 250 frames only, none at scene changes")
     a = ap.parse_args()
-    print(make_film(a.out, a.minutes, a.bitrate, preset=a.preset, max_frames=a.max_frames))
+    print(make_film(a.out, a.minutes, a.bitrate, preset=a.preset, max_frames=a.max_frames,
+                    scenecut=not a.no_scenecut))
 
 
 if __name__ == "__main__":

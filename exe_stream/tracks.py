@@ -4,7 +4,9 @@ A small tracker written here (a tracking library such as ByteTrack expects dense
 frame rate and detector-score bands; a scan samples sparsely and already keeps only confident
 faces): frame by frame within a shot, every live track predicts its box with constant velocity
 (from its last two boxes), and tracks and the frame's faces are matched one-to-one by the
-Hungarian method (``scipy.optimize.linear_sum_assignment``) on the cost ``1 - IoU``; a pair is
+Hungarian method (``assign``, written here: the matrices are a few faces square, and scans
+skip importing ``scipy.optimize``, which takes longer than tracking a film) on the cost
+``1 - IoU``; a pair is
 allowed when its IoU is at least ``min_iou``, or when its centres are closer than
 ``max_shift`` times the track box's side and the box sizes differ by less than ``max_scale``
 (a face that moved between sparse samples). A face without a match starts a track; a track
@@ -74,6 +76,59 @@ class _Track:
         return self.box + self.velocity * (1 + self.missed)
 
 
+def assign(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost one-to-one assignment (the Hungarian method with row and column
+    potentials, O(n^2 m)): cost float [n, m] (finite). Returns (rows, cols), int64 [min(n, m)]
+    each, rows ascending, such that cost[rows, cols].sum() is the least possible: what
+    ``scipy.optimize.linear_sum_assignment`` returns (tested against it)."""
+    cost = np.asarray(cost, np.float64)
+    if cost.ndim != 2:
+        raise ValueError(f"cost must be a 2-D matrix, got shape {cost.shape}")
+    if not np.isfinite(cost).all():
+        raise ValueError("cost matrix has non-finite entries")
+    flip = cost.shape[0] > cost.shape[1]
+    c = cost.T if flip else cost
+    n, m = c.shape
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    u = np.zeros(n + 1)
+    v = np.zeros(m + 1)
+    match = np.zeros(m + 1, np.int64)  # match[j]: 1-based row assigned to column j (0: none)
+    way = np.zeros(m + 1, np.int64)
+    for i in range(1, n + 1):
+        match[0] = i
+        j0 = 0
+        minv = np.full(m + 1, np.inf)
+        used = np.zeros(m + 1, bool)
+        while True:  # grow an alternating tree from row i until it reaches a free column
+            used[j0] = True
+            i0 = match[j0]
+            free = ~used[1:]
+            cur = c[i0 - 1] - u[i0] - v[1:]
+            better = free & (cur < minv[1:])
+            minv[1:][better] = cur[better]
+            way[1:][better] = j0
+            cand = np.where(free, minv[1:], np.inf)
+            j1 = int(np.argmin(cand)) + 1
+            delta = cand[j1 - 1]
+            u[match[used]] += delta
+            v[used] -= delta
+            minv[~used] -= delta
+            j0 = j1
+            if match[j0] == 0:
+                break
+        while j0:  # flip the alternating path
+            j1 = way[j0]
+            match[j0] = match[j1]
+            j0 = j1
+    cols = np.flatnonzero(match[1:]).astype(np.int64)
+    rows = match[1:][cols] - 1
+    if flip:
+        rows, cols = cols, rows
+    order = np.argsort(rows, kind="stable")
+    return rows[order].astype(np.int64), cols[order].astype(np.int64)
+
+
 def link_faces(frame_index: np.ndarray, boxes: np.ndarray, shot_index: np.ndarray,
                opts: TrackOptions = TrackOptions()) -> np.ndarray:
     """Track id of every face.
@@ -82,8 +137,6 @@ def link_faces(frame_index: np.ndarray, boxes: np.ndarray, shot_index: np.ndarra
     normalised (x0, y0, x1, y1); shot_index: int [N], the shot of the face's frame. Faces may
     come in any order. Returns int32 [N], ids 0, 1, ... in order of first appearance.
     """
-    from scipy.optimize import linear_sum_assignment  # here: scans without shots never import it
-
     n = len(frame_index)
     assert boxes.shape == (n, 4) and shot_index.shape == (n,)
     ids = np.full(n, -1, np.int64)
@@ -114,7 +167,7 @@ def link_faces(frame_index: np.ndarray, boxes: np.ndarray, shot_index: np.ndarra
             ratio = np.maximum(side[:, None] / dside[None], dside[None] / side[:, None])
             ok = (iou >= opts.min_iou) | ((dist <= opts.max_shift) & (ratio <= opts.max_scale))
             cost = np.where(ok, 1.0 - iou + 0.01 * dist, 1e6)
-            for t, d in zip(*linear_sum_assignment(cost)):
+            for t, d in zip(*assign(cost)):
                 if ok[t, d]:
                     track = live[t]
                     track.velocity = (det[d] - track.box) / (1 + track.missed)

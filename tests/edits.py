@@ -55,9 +55,14 @@ def _clip_rgb(path: Path, start: int, stop: int, width: int, height: int) -> lis
     return out
 
 
+# The encoder make_edit uses by default: x264 as FFmpeg sets it up (scene-cut keyframes on).
+X264 = ("libx264", {"crf": "20", "preset": "veryfast", "g": "50"})
+
+
 def make_edit(path: Path, clips: Path, pieces: Sequence[Piece], width: int = 320, height: int = 180,
-              fps: int = 25) -> Edit:
-    """Write the edit of ``pieces`` (clips named by file name under ``clips``) to ``path``."""
+              fps: int = 25, encoder: tuple[str, dict[str, str]] = X264) -> Edit:
+    """Write the edit of ``pieces`` (clips named by file name under ``clips``) to ``path``,
+    encoded with ``encoder`` (FFmpeg codec name, its options; the container from the suffix)."""
     frames: list[np.ndarray] = []
     cuts: list[int] = []
     dissolves: list[tuple[int, int]] = []
@@ -77,10 +82,10 @@ def make_edit(path: Path, clips: Path, pieces: Sequence[Piece], width: int = 320
         frames.extend(rgb)
         pending = piece.dissolve
     with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=fps)
+        s = out.add_stream(encoder[0], rate=fps)
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"
         s.time_base = Fraction(1, fps)
-        s.options = {"crf": "20", "preset": "veryfast", "g": "50"}
+        s.options = dict(encoder[1])
         for rgb in frames:
             for pkt in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 out.mux(pkt)

@@ -1,6 +1,7 @@
 """Shot boundaries (exe_stream.shots): TransNetV2 against the reference implementation and
-against an edit of real clips with known cuts; PySceneDetect's content detector beside it;
-the partition rules; the shots shard and the frames' shot_index in a scan."""
+against an edit of real clips with known cuts; PySceneDetect's content detector and the codec
+detector (exe_stream.shots.codec) beside it, the latter on streams from several encoders; the
+partition rules; the shots shard and the frames' shot_index in a scan."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pyarrow.parquet
 import pytest
 import torch
 
-from edits import Piece, f1, make_edit
+from edits import X264, Piece, f1, make_edit
 from exe_stream.errors import DecodeError
 from exe_stream.pipeline import ScanOptions, _options_key, scan
 from exe_stream.sampling import SamplingOptions
@@ -50,7 +51,7 @@ def edit(tmp_path_factory, clips):
 @pytest.fixture(scope="module")
 def detected(edit):
     torch.set_num_threads(2)
-    return {m: detect_shots(edit.path, ShotOptions(m)) for m in ("transnet", "content")}
+    return {m: detect_shots(edit.path, ShotOptions(m)) for m in ("transnet", "content", "codec")}
 
 
 def test_edit_has_the_transitions_it_was_made_with(edit):
@@ -63,7 +64,7 @@ def test_transnet_finds_cuts_and_dissolve_with_f1_at_least_0_9(edit, detected):
     shots = detected["transnet"]
     score, tp, fp, fn = f1(shots.cuts.tolist(), edit)
     print(f"transnet F1 {score:.3f} (tp {tp}, fp {fp}, fn {fn}); content F1 "
-          f"{f1(detected['content'].cuts.tolist(), edit)}")
+          f"{f1(detected['content'].cuts.tolist(), edit)}; codec F1 {f1(detected['codec'].cuts.tolist(), edit)}")
     assert score >= 0.9, (shots.cuts, edit)
     # Hard cuts land exactly on the first frame of the new shot.
     assert set(edit.cuts) <= set(shots.cuts.tolist())
@@ -112,6 +113,82 @@ def test_transnet_matches_the_reference_implementation(tmp_path, clips):
     assert ref[25] > 0.5  # the clip's cut at 76 is in there: not a trivial comparison
 
 
+# The codec detector -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_codec_takes_the_encoders_cuts_and_checks_the_forced_keyframes(edit, detected):
+    """x264 (keyint 50, scene-cut keyframes on) marked every hard cut with an intra picture;
+    its keyframes at 130, 214 and 264 came 50 frames after the one before (forced by the
+    interval, so doubtful): decoded, 214 and 264 are cuts, 130 (the frame after the dissolve,
+    hardly different from the one before) is not."""
+    from exe_stream.shots.codec import read_cuts
+
+    found = read_cuts(edit.path, 27.0, 15)
+    assert found.keyint == 50 and found.scenecut
+    assert found.cuts == edit.cuts  # every hard cut, on its frame; the dissolve is missed
+    assert sorted(found.verified) == [130, 214, 264]
+    assert found.verified[214] >= 27 and found.verified[264] >= 27 and found.verified[130] < 27
+    shots = detected["codec"]
+    assert shots.method == "codec" and shots.cuts.tolist() == edit.cuts
+    score, tp, fp, fn = f1(shots.cuts.tolist(), edit)
+    assert (tp, fp, fn) == (6, 0, 1) and score == pytest.approx(12 / 13)
+
+
+def _edit_with(tmp_path, clips, name: str, encoder) -> object:
+    return make_edit(tmp_path / name, clips, PIECES, encoder=encoder)
+
+
+def test_codec_decodes_nothing_when_the_encoder_marked_every_cut(tmp_path, clips, monkeypatch):
+    """x264 at its default keyframe interval (250): every keyframe is a scene cut, so the
+    detector reads the bitstream only (decoding is made to fail here)."""
+    from exe_stream.decode.pyav import PyAVDecoder
+    from exe_stream.shots.codec import read_cuts
+
+    edit = _edit_with(tmp_path, clips, "g250.mp4", ("libx264", {"crf": "20", "preset": "veryfast"}))
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded a frame")
+
+    monkeypatch.setattr(PyAVDecoder, "frames", no_decoding)
+    found = read_cuts(edit.path, 27.0, 15)
+    assert found.cuts == edit.cuts and found.verified == {} and found.keyint == 250
+
+
+# Encoders that put no keyframe at a scene change (or do not say that they do): every cut is a
+# doubtful candidate, found by its packet size and decoded where it is.
+NO_SCENECUT = {
+    "x264-fixed-gop.mp4": ("libx264", {"crf": "20", "preset": "veryfast", "g": "48", "sc_threshold": "0",
+                                       "bf": "0"}),
+    "vp9-realtime.webm": ("libvpx-vp9", {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
+    "mpeg4.avi": ("mpeg4", {"qscale": "4", "g": "250"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(NO_SCENECUT))
+def test_codec_checks_packet_size_spikes_when_the_encoder_does_not_mark_cuts(tmp_path, clips, name):
+    from exe_stream.shots.codec import read_cuts
+
+    edit = _edit_with(tmp_path, clips, name, NO_SCENECUT[name])
+    found = read_cuts(edit.path, 27.0, 15)
+    score, tp, fp, fn = f1(found.cuts, edit)
+    print(f"{name}: codec F1 {score:.3f} (tp {tp}, fp {fp}, fn {fn}), {len(found.verified)} candidates decoded")
+    assert not found.scenecut and found.verified  # candidates were decoded
+    assert set(edit.cuts) <= set(found.cuts) and fp == 0 and score >= 0.9
+
+
+def test_codec_without_presentation_order_uses_the_content_detector(tmp_path, clips, caplog):
+    """AVI stores no presentation times: with B-frames, the order of frames is known only
+    after decoding, so the codec detector hands the film to the content detector."""
+    edit = _edit_with(tmp_path, clips, "bframes.avi", ("mpeg4", {"qscale": "4", "bf": "2"}))
+    with caplog.at_level("WARNING"):
+        shots = detect_shots(edit.path, ShotOptions("codec"))
+    assert shots.method == "content" and "using the content detector" in caplog.text
+    content = detect_shots(edit.path, ShotOptions("content"))
+    assert shots.cuts.tolist() == content.cuts.tolist() and len(shots) > 3
+
+
 def test_partition_rules():
     pts = np.arange(10) / 10.0
     s = np.zeros(10, np.float32)
@@ -131,7 +208,7 @@ def test_partition_rules():
 
 
 def test_bad_options_and_films_are_named():
-    with pytest.raises(ValueError, match=r"unknown shot detector 'fast'; choose one of: off, transnet, content"):
+    with pytest.raises(ValueError, match=r"unknown shot detector 'fast'; choose one of: off, transnet, content, codec"):
         ShotOptions("fast")
     with pytest.raises(ValueError, match="probability"):
         ShotOptions("transnet", threshold=3)
@@ -212,7 +289,8 @@ def test_scan_without_shots_writes_todays_shards_and_key(tmp_path, clips):
     assert "shots_s" not in manifest["films"][res.films[0].film_id]["timings"]
 
 
-def test_cli_scan_with_shots_and_a_bad_shots_value(tmp_path, clips):
+@pytest.mark.parametrize("method", ["content", "codec"])
+def test_cli_scan_with_shots_and_a_bad_shots_value(tmp_path, clips, method):
     from typer.testing import CliRunner
 
     from exe_stream.cli import app
@@ -220,13 +298,14 @@ def test_cli_scan_with_shots_and_a_bad_shots_value(tmp_path, clips):
     runner = CliRunner()
     r = runner.invoke(app, ["scan", str(clips / "bikes.mp4"), "-o", str(tmp_path / "bad"), "--shots", "fast"])
     assert r.exit_code == 2, r.output
-    assert "unknown shot detector 'fast'; choose one of: off, transnet, content" in " ".join(r.output.split())
-    r = runner.invoke(app, ["scan", str(clips / "bikes.mp4"), "-o", str(tmp_path / "out"), "--shots", "content",
+    assert "unknown shot detector 'fast'; choose one of: off, transnet, content, codec" in " ".join(r.output.split())
+    r = runner.invoke(app, ["scan", str(clips / "bikes.mp4"), "-o", str(tmp_path / "out"), "--shots", method,
                             "--every", "25", "--device", "cpu", "-q"])
     assert r.exit_code == 0, r.output
     table = read_table(shots_path(tmp_path / "out", "bikes"))
     # The clip's own cuts (tests/test_shots.py PIECES): 30, 76, 137, 187, 242.
     assert table.column("first_frame").to_pylist() == [0, 30, 76, 137, 187, 242]
+    assert json.loads(table.schema.metadata[b"exe_stream.shots"]) == {"method": method, "threshold": 27.0}
     frames = read_table(frames_path(tmp_path / "out", "bikes"))
     assert frames.column("shot_index").to_pylist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 

@@ -131,3 +131,27 @@ def test_track_every_keeps_a_fast_face_on_one_track_and_writes_only_sampled_rows
     for s in range(3):
         assert len(set(dense["track_id"].to_numpy()[shot == s].tolist())) == 2  # two faces, two tracks
     assert len(set(sparse["track_id"].to_pylist())) > len(set(dense["track_id"].to_pylist()))
+
+
+def test_assign_is_an_optimal_assignment_like_scipys():
+    """tracks.assign against scipy.optimize.linear_sum_assignment on random square and
+    rectangular matrices, with ties and the tracker's 1e6 'not allowed' entries."""
+    from scipy.optimize import linear_sum_assignment
+
+    from exe_stream.tracks import assign
+
+    rng = np.random.default_rng(7)
+    for trial in range(600):
+        n, m = (int(x) for x in rng.integers(1, 9, 2))
+        cost = rng.random((n, m)) if trial % 3 else rng.integers(0, 3, (n, m)).astype(float)
+        if trial % 5 == 0:
+            cost[cost > 0.6] = 1e6
+        rows, cols = assign(cost)
+        r2, c2 = linear_sum_assignment(cost)
+        assert cost[rows, cols].sum() == pytest.approx(cost[r2, c2].sum(), abs=1e-9)
+        assert len(rows) == min(n, m) and len(set(cols.tolist())) == len(cols) and rows.tolist() == sorted(rows.tolist())
+    rows, cols = assign(np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]]))
+    assert rows.tolist() == [0, 1, 2] and cols.tolist() == [1, 0, 2]  # 1 + 2 + 2
+    assert [a.tolist() for a in assign(np.zeros((0, 3)))] == [[], []]
+    with pytest.raises(ValueError, match="non-finite"):
+        assign(np.array([[np.inf]]))

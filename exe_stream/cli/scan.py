@@ -152,8 +152,10 @@ def scan_cmd(
     ray_films_per_gpu: RayFilmsPerGpu = 0,
     ray_max_attempts: RayMaxAttempts = 3,
     shots: Annotated[str, typer.Option(
-        "--shots", help="Shot boundaries: off | transnet (TransNetV2; fast on a GPU) | content "
-                        "(PySceneDetect, light, CPU); adds shot_index to frames and OUT/shots/.")] = "off",
+        "--shots", help="Shot boundaries: off | codec (the encoder's scene-cut keyframes read from the "
+                        "bitstream, doubtful ones decoded where they are; nearly free on a CPU) | content "
+                        "(PySceneDetect on every frame, CPU) | transnet (TransNetV2, also finds dissolves; "
+                        "meant for a GPU); adds shot_index to frames and OUT/shots/.")] = "off",
     quiet: Quiet = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log details (tracebacks of failed films).")] = False,
 ) -> None:

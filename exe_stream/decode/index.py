@@ -23,6 +23,7 @@ import av
 import numpy as np
 
 from ..errors import DecodeError
+from . import bitstream
 from ..sampling import SamplingOptions, select_frames
 from ..types import FilmInfo, Matrix
 
@@ -61,6 +62,13 @@ class DemuxIndex:
     average_rate: Fraction | None
     first_frame: dict  # rotation, colour and size from the first decoded frame (probe only)
     pixels: int  # coded width x height from the stream header (0 when unknown)
+    # With ``picture_types`` (what ``--shots codec`` reads; None otherwise): packet sizes
+    # (int64 [N], bytes), picture types (int8 [N], bitstream.PICT_*: H.264 from the slice header,
+    # other codecs I for keyframes and 0 = inter of unknown kind), and the encoder's settings
+    # string values (``bitstream.encoder_settings``).
+    size: np.ndarray | None = None
+    pict: np.ndarray | None = None
+    encoder: dict | None = None
 
     @property
     def n(self) -> int:
@@ -255,9 +263,11 @@ def _decode_quietly(cc: av.video.VideoCodecContext, pkt: av.Packet | None) -> li
         return []
 
 
-def demux_index(path: str | Path, decode_first: bool = False) -> DemuxIndex:
+def demux_index(path: str | Path, decode_first: bool = False, picture_types: bool = False) -> DemuxIndex:
     """One demux pass over ``path``'s video stream (and, with ``decode_first``, the first
-    frame decoded for its size, pixel format, rotation and colour: ``first_frame``).
+    frame decoded for its size, pixel format, rotation and colour: ``first_frame``; with
+    ``picture_types``, every packet's size and picture type read from its bytes, and the
+    encoder's settings: ``size``, ``pict``, ``encoder``).
 
     A damaged or truncated container gives the index of what could be read, ``truncated``
     saying why; a file that cannot be read at all raises DecodeError naming it."""
@@ -266,6 +276,13 @@ def demux_index(path: str | Path, decode_first: bool = False) -> DemuxIndex:
         stream = _video_stream(path, container)
         cc = stream.codec_context
         pts, dts, key, dur = [], [], [], []
+        sizes: list[int] = []
+        picts: list[int] = []
+        encoder: dict = {}
+        h264 = cc.name == "h264"
+        length_size = bitstream.avcc_length_size(cc.extradata) if h264 else 0
+        if picture_types and cc.extradata:
+            encoder = bitstream.encoder_settings(bytes(cc.extradata))
         first: dict = {}
         error = ""
         try:
@@ -276,6 +293,15 @@ def demux_index(path: str | Path, decode_first: bool = False) -> DemuxIndex:
                 dts.append(_NOPTS if pkt.dts is None else pkt.dts)
                 key.append(pkt.is_keyframe)
                 dur.append(pkt.duration or 0)
+                if picture_types:
+                    sizes.append(pkt.size)
+                    if len(sizes) == 1 and not encoder:
+                        encoder = bitstream.encoder_settings(bytes(pkt))
+                    if h264:
+                        t = bitstream.h264_picture_type(memoryview(pkt), length_size)
+                        picts.append(bitstream.PICT_I if pkt.is_keyframe and t == bitstream.PICT_UNKNOWN else t)
+                    else:
+                        picts.append(bitstream.PICT_I if pkt.is_keyframe else bitstream.PICT_UNKNOWN)
                 if decode_first and not first and len(pts) <= 256:
                     first = _frame_info(_decode_quietly(cc, pkt), cc)
         except av.FFmpegError as e:
@@ -323,6 +349,9 @@ def demux_index(path: str | Path, decode_first: bool = False) -> DemuxIndex:
             container_format=container.format.name, codec=cc.name,
             average_rate=stream.average_rate, first_frame=first,
             pixels=(cc.width or 0) * (cc.height or 0),
+            size=np.array(sizes, dtype=np.int64) if picture_types else None,
+            pict=np.array(picts, dtype=np.int8) if picture_types else None,
+            encoder=encoder if picture_types else None,
         )
     return index
 

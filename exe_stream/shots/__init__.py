@@ -1,8 +1,9 @@
 """Shot boundaries: a film in, its shots out (``detect_shots``), and the shots shard.
 
-Detectors are registered by name in ``SHOT_DETECTORS``; each reads every frame of the film as
-a small RGB thumbnail (``thumbs.thumbnails``, one decode pass of its own, before the sampled
-frames are decoded) and gives a per-frame transition score:
+Detectors are registered by name in ``SHOT_DETECTORS``; ``transnet`` and ``content`` read every
+frame of the film as a small RGB thumbnail (``thumbs.thumbnails``, one decode pass of its own,
+before the sampled frames are decoded) and give a per-frame transition score; ``codec`` reads
+the bitstream:
 
 - ``transnet``: TransNetV2 (``shots.transnet``) on 48x27 frames, windows batched on the scan's
   device; a frame whose transition probability exceeds ``threshold`` (default 0.5, the
@@ -10,6 +11,11 @@ frames are decoded) and gives a per-frame transition score:
 - ``content``: PySceneDetect's content detector (HSV and edge change between successive
   frames, default threshold 27, at least 15 frames per shot) on 256x144 frames: light, CPU
   only, finds hard cuts; a slow dissolve changes too little from one frame to the next.
+- ``codec`` (``shots.codec``): no pass of its own over the pixels: the cuts the encoder
+  marked with intra pictures, read from the bitstream in a demux pass, and the doubtful ones
+  (keyframes the interval forced, packet-size spikes) decoded exactly where they are and scored
+  like ``content`` (threshold 27). For CPU scans that sample sparsely: finds hard cuts, not
+  dissolves.
 
 Shots partition the film: each transition (a run of frames above the threshold; a content cut
 is a run of one frame) ends a shot at its most likely frame and the next shot starts on the
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 SHOT_DETECTORS: dict[str, tuple[tuple[int, int], float]] = {
     "transnet": ((48, 27), 0.5),
     "content": ((256, 144), 27.0),
+    "codec": ((256, 144), 27.0),
 }
 # What --shots accepts: a detector name, or "off".
 SHOT_METHODS = ("off", *SHOT_DETECTORS)
@@ -61,7 +68,7 @@ class ShotOptions:
     # "off" (no shot detection; the scan writes what it wrote before), or a SHOT_DETECTORS name.
     method: str = "off"
     # Score above which a frame is in a transition; None = the detector's default
-    # (transnet: probability 0.5; content: PySceneDetect's content score 27).
+    # (transnet: probability 0.5; content and codec: PySceneDetect's content score 27).
     threshold: float | None = None
     # Fewest frames between two transitions: closer ones are one transition (content: also
     # PySceneDetect's min_scene_len).
@@ -199,15 +206,20 @@ def _transnet(chunks: Iterator[ThumbChunk], opts: ShotOptions, device: torch.dev
     return p, p > opts.resolved_threshold()
 
 
-def _content(chunks: Iterator[ThumbChunk], opts: ShotOptions, device: torch.device,
-             pts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def content_detector(threshold: float, min_scene_len: int):
+    """A fresh PySceneDetect ContentDetector (ValueError saying what to install when missing)."""
     try:
         from scenedetect.detectors import ContentDetector
     except ImportError as e:
         raise ValueError(
-            "--shots content needs PySceneDetect with OpenCV: pip install 'exe-stream[shots]'"
+            "--shots content and codec need PySceneDetect with OpenCV: pip install 'exe-stream[shots]'"
         ) from e
-    det = ContentDetector(threshold=opts.resolved_threshold(), min_scene_len=opts.min_shot_frames)
+    return ContentDetector(threshold=threshold, min_scene_len=min_scene_len)
+
+
+def _content(chunks: Iterator[ThumbChunk], opts: ShotOptions, device: torch.device,
+             pts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    det = content_detector(opts.resolved_threshold(), opts.min_shot_frames)
     scores: list[float] = []
     cuts: list[int] = []
     n = 0
@@ -232,7 +244,25 @@ def _content(chunks: Iterator[ThumbChunk], opts: ShotOptions, device: torch.devi
 
 _BACKENDS: dict[str, Callable[[Iterator[ThumbChunk], ShotOptions, torch.device, list[np.ndarray]],
                               tuple[np.ndarray, np.ndarray]]] = {"transnet": _transnet, "content": _content}
-assert set(_BACKENDS) == set(SHOT_DETECTORS)
+assert set(_BACKENDS) | {"codec"} == set(SHOT_DETECTORS)
+
+
+def _codec_shots(path: Path, opts: ShotOptions) -> Shots | None:
+    """Shots from the bitstream (``shots.codec``); None for a stream without presentation
+    order before decoding (the caller falls back to the content detector)."""
+    from .codec import read_cuts
+
+    try:
+        found = read_cuts(path, opts.resolved_threshold(), opts.min_shot_frames)
+    except ValueError as e:
+        log.warning("%s; using the content detector", e)
+        return None
+    for p in found.problems:
+        log.warning("%s: %s", path, p)
+    n = len(found.scores)
+    above = np.zeros(n, bool)
+    above[np.asarray(found.cuts, np.int64) - 1] = True  # a cut at k: transition k - 1 -> k
+    return shots_from_scores(found.scores, above, found.pts, "codec", opts.resolved_threshold())
 
 
 def detect_shots(path: str | Path, opts: ShotOptions, device: torch.device | str = "cpu") -> Shots:
@@ -245,18 +275,24 @@ def detect_shots(path: str | Path, opts: ShotOptions, device: torch.device | str
     """
     if not opts.enabled:
         raise ValueError("shot detection is off (ShotOptions.method='off')")
-    size, _ = SHOT_DETECTORS[opts.method]
+    method = opts.method
+    if method == "codec":
+        shots = _codec_shots(Path(path), opts)
+        if shots is not None:
+            return shots
+        method = "content"
+    size, _ = SHOT_DETECTORS[method]
     pts: list[np.ndarray] = []
     problems: list[str] = []
     chunks = thumbnails(path, size, problems=problems)
-    scores, above = _BACKENDS[opts.method](chunks, opts, torch.device(device), pts)
+    scores, above = _BACKENDS[method](chunks, opts, torch.device(device), pts)
     for p in problems:
         log.warning("%s: %s", path, p)
     if len(scores) == 0:
         raise DecodeError(Path(path), "shot detection: no frame could be decoded")
     all_pts = np.concatenate(pts) if pts else np.zeros(0, np.float64)
     n = min(len(scores), len(all_pts))
-    return shots_from_scores(scores[:n], above[:n], all_pts[:n], opts.method, opts.resolved_threshold(),
+    return shots_from_scores(scores[:n], above[:n], all_pts[:n], method, opts.resolved_threshold(),
                              min_gap=opts.min_shot_frames)
 
 
