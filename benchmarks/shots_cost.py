@@ -4,7 +4,7 @@ bundled clips, each command in its own process, interleaved and repeated (the mi
 median of the repeats are reported, with every run's figure), in one run.
 
     python benchmarks/shots_cost.py [--minutes 2 --every 100 --repeats 5]
-        [--methods off,codec,content,transnet] [--no-scenecut] [--write]
+        [--methods off,codec,content,transnet] [--slow-repeats 2] [--no-scenecut] [--write]
 
 `content` and `transnet` decode every frame of the film (the sampled pass decodes only what
 its samples need), so their cost is mostly that decode; `codec` reads the encoder's decisions
@@ -53,7 +53,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--methods", default="off,codec,content,transnet",
                     help="comma-separated --shots values; off is always run (the base)")
-    ap.add_argument("--transnet-repeats", type=int, default=1, help="transnet is slow on a CPU")
+    ap.add_argument("--slow-repeats", type=int, default=2,
+                    help="repeats of content and transnet (they decode every frame; transnet runs once at most)")
     ap.add_argument("--no-scenecut", action="store_true", help="a film without scene-change keyframes")
     ap.add_argument("--work", type=Path, default=Path("/tmp/exe-stream-bench"))
     ap.add_argument("--write", action="store_true")
@@ -66,7 +67,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for rep in range(a.repeats):  # interleaved, so load changes hit every method alike
         for m in methods:
-            if m == "transnet" and rep >= a.transnet_repeats:
+            if (m == "content" and rep >= a.slow_repeats) or (m == "transnet" and rep >= min(1, a.slow_repeats)):
                 continue
             runs[m].append(run(film, a.work / f"out-{m}", a.every, m))
             print(m, round(runs[m][-1]["wall_s"], 2), runs[m][-1]["timings"], flush=True)
@@ -77,7 +78,8 @@ def main() -> None:
         f" — {time.strftime('%Y-%m-%d')}", "",
         f"Machine: {machine()}", "",
         f"Command: `python benchmarks/shots_cost.py --minutes {a.minutes:g} --every {a.every} "
-        f"--repeats {a.repeats} --methods {','.join(methods)}{' --no-scenecut' if a.no_scenecut else ''} --write`", "",
+        f"--repeats {a.repeats} --slow-repeats {a.slow_repeats} --methods {','.join(methods)}"
+        f"{' --no-scenecut' if a.no_scenecut else ''} --write`", "",
         f"Film: 1920x1080 H.264 made by `benchmarks/make_film.py{' --no-scenecut' if a.no_scenecut else ''}`, "
         f"{a.minutes:g} min; every {a.every}th frame sampled (exact). Wall time of the whole `exe-stream scan` "
         f"process (start-up and model loading included); minimum and median of the runs (all runs in brackets); "

@@ -54,7 +54,7 @@ def test_the_bikes_clip_has_every_kind_of_picture_and_x264_settings(clips):
     # Its intra pictures: the first frame and the clip's own cuts (x264's scene-cut keyframes).
     intra = np.flatnonzero(index.pict[index.order] == bitstream.PICT_I).tolist()
     assert intra == [0, 30, 76, 137, 187, 242]
-    assert index.encoder == {"keyint": 250, "min_keyint": 25, "scenecut": 40}
+    assert index.encoder == {"keyint": 250, "min_keyint": 25, "scenecut": 40, "intra_refresh": 0}
     # Without picture_types the index records none of it.
     plain = demux_index(clips / "bikes.mp4")
     assert plain.pict is None and plain.size is None and plain.encoder is None
@@ -116,8 +116,9 @@ def test_slice_headers_with_emulation_prevention(slice_type, expect):
 
 
 def test_encoder_settings_strings():
-    x264 = b"\x05\x00x264 - core 164 r3108 - H.264/MPEG-4 AVC codec - options: cabac=1 keyint=48 keyint_min=4 scenecut=0 rc=crf"
-    assert bitstream.encoder_settings(x264) == {"keyint": 48, "min_keyint": 4, "scenecut": 0}
+    x264 = (b"\x05\x00x264 - core 164 r3108 - H.264/MPEG-4 AVC codec - options: cabac=1 keyint=48 keyint_min=4 "
+            b"scenecut=0 intra_refresh=1 rc=crf")
+    assert bitstream.encoder_settings(x264) == {"keyint": 48, "min_keyint": 4, "scenecut": 0, "intra_refresh": 1}
     x265 = b"x265 (build 199) - 3.5 - options: min-keyint=25 keyint=250 no-scenecut bframes=4"
     assert bitstream.encoder_settings(x265) == {"min_keyint": 25, "keyint": 250, "scenecut": 0}
     assert bitstream.encoder_settings(b"\x00\x01Lavc60 mpeg4 no settings") == {}

@@ -8,7 +8,8 @@ the encoder's settings string.
   avcC record) or an Annex B byte stream (``nal_length_size`` 0: start codes, as in MPEG-TS).
   Only the first bytes of the slice header are read (emulation prevention removed).
   SP and SI slices count as P and I.
-- ``encoder_settings(data)``: ``keyint``, ``min_keyint`` and ``scenecut`` from the settings
+- ``encoder_settings(data)``: ``keyint``, ``min_keyint``, ``scenecut`` and ``intra_refresh``
+  (x264's periodic intra refresh: no keyframes at all after the first) from the settings
   string x264 and x265 put into their stream (a user-data SEI of the first access unit, e.g.
   ``"x264 - core 164 ... options: ... keyint=250 keyint_min=25 scenecut=40 ..."``); empty for
   other encoders.
@@ -25,7 +26,7 @@ PICT_UNKNOWN, PICT_I, PICT_P, PICT_B = 0, 1, 2, 3
 # slice_type % 5 -> picture type: 0 P, 1 B, 2 I, 3 SP (as P), 4 SI (as I).
 _SLICE_PICT = (PICT_P, PICT_B, PICT_I, PICT_P, PICT_I)
 _SLICE_NAL_TYPES = (1, 5)  # coded slice of a non-IDR / an IDR picture
-_SETTINGS = re.compile(rb"\b(keyint|keyint_min|min-keyint|scenecut)=(-?\d+)")
+_SETTINGS = re.compile(rb"\b(keyint|keyint_min|min-keyint|scenecut|intra_refresh|intra-refresh)=(-?\d+)")
 _NO_SCENECUT = re.compile(rb"\bno-scenecut\b")
 
 
@@ -100,11 +101,12 @@ def h264_picture_type(data: bytes | memoryview, nal_length_size: int) -> int:
 
 
 def encoder_settings(data: bytes) -> dict[str, int]:
-    """``keyint``, ``min_keyint``, ``scenecut`` found in an x264/x265 settings string in
+    """``keyint``, ``min_keyint``, ``scenecut``, ``intra_refresh`` found in an x264/x265 settings string in
     ``data`` (absent keys were not found; x265's ``no-scenecut`` gives scenecut 0)."""
     found: dict[str, int] = {}
     for name, value in _SETTINGS.findall(data):
-        key = {b"keyint_min": "min_keyint", b"min-keyint": "min_keyint"}.get(name, name.decode())
+        key = {b"keyint_min": "min_keyint", b"min-keyint": "min_keyint",
+               b"intra-refresh": "intra_refresh"}.get(name, name.decode())
         found.setdefault(key, int(value))
     if "scenecut" not in found and _NO_SCENECUT.search(data):
         found["scenecut"] = 0
