@@ -382,7 +382,14 @@ def _run_film(
         sampling = opts.sampling
         if opts.shots.enabled:  # 1b. Shots: every frame, small, in a decode pass of its own;
             t = time.perf_counter()  # shot-aware sampling then picks the frames to decode.
-            run.shots = shots.detect_shots(path, opts.shots, device)
+            every: Iterator[FrameBatch] | None = None
+            if decoder_name != "pyav" and opts.shots.method != "codec":
+                # A GPU decoder decodes the shots pass too (checked like the sampled pass: a
+                # mismatch or an error fails this run and the film is decoded with PyAV).
+                all_frames = SamplingOptions(every=1, mode="exact")
+                every = _checked_decoder(decoder.frames(path, all_frames, opts.batch_size), decoder_name, path,
+                                         dataclasses.replace(opts, sampling=all_frames))
+            run.shots = shots.detect_shots(path, opts.shots, device, frames=every)
             sampling = shots.sampled_frames(run.shots, opts.shots, sampling)
             timings["shots_s"] = time.perf_counter() - t
             if sampling is not opts.sampling:

@@ -334,3 +334,58 @@ def test_cli_refuses_shots_with_ray(tmp_path, clips):
                                  "--ray", "auto"])
     assert r.exit_code == 2, r.output
     assert "--shots (and tracks, characters) is not yet supported with --ray" in " ".join(r.output.split())
+
+
+@pytest.mark.parametrize("fault", ["none", "wrong"])
+def test_a_gpu_decoder_decodes_the_shots_pass_under_the_fail_safe(tmp_path, clips, monkeypatch, fault):
+    """With an accelerated decoder (PyAV dressed as NVDEC here: no GPU in the tests), the shots
+    pass decodes every frame with it and makes the thumbnails from its planes; its first batch
+    is checked against PyAV like the sampled pass's, so a decoder with wrong pixels is switched
+    off and the film is decoded with PyAV. The shots are the CPU scan's either way."""
+    from exe_stream import decode
+    from test_failsafe import FaultyDecoder
+
+    calls = []
+
+    class Recording(FaultyDecoder):
+        def frames(self, path, sampling, batch_size):
+            calls.append(sampling)
+            yield from super().frames(path, sampling, batch_size)
+
+    monkeypatch.setitem(decode.DECODERS, "nvdec", lambda: Recording("nvdec", fault))
+    film = clips / "bikes.mp4"
+    res = scan([film], tmp_path / "gpu", _opts(shots=ShotOptions("content"), decoder="nvdec"))
+    assert res.ok
+    assert calls[0].every == 1 and calls[0].mode == "exact"  # the shots pass, on the decoder
+    assert read_shots(tmp_path / "gpu").column("first_frame").to_pylist() == [0, 30, 76, 137, 187, 242]
+    paths = json.loads((tmp_path / "gpu" / "manifest.json").read_text())["films"]["bikes"]["paths"]
+    if fault == "none":
+        assert paths == {"decoder": "nvdec", "nvdec": "used"}
+    else:
+        assert paths["decoder"] == "pyav" and paths["nvdec"].startswith("off: ")
+        assert len(calls) == 1  # switched off after the shots pass's first batch
+    cpu = scan([film], tmp_path / "cpu", _opts(shots=ShotOptions("content")))
+    assert cpu.ok
+    gpu_frames = read_table(frames_path(tmp_path / "gpu", "bikes")).select(["frame_index", "shot_index"])
+    assert gpu_frames.equals(read_table(frames_path(tmp_path / "cpu", "bikes")).select(["frame_index", "shot_index"]))
+
+
+@pytest.mark.slow
+def test_thumbnails_from_decoded_frames_give_the_same_shots(edit, detected):
+    """The GPU decoders' thumbnails (torch's antialiased bicubic from the decoded planes) are
+    within a few levels of FFmpeg's, and TransNetV2 and the content detector find the same
+    transitions in them (run here on the CPU, PyAV's planes standing in for NVDEC's)."""
+    from exe_stream.decode.pyav import PyAVDecoder
+    from exe_stream.shots.thumbs import frames_thumbnails
+
+    def decoded():
+        return PyAVDecoder().frames(edit.path, SamplingOptions(every=1), 16)
+
+    ffmpeg = np.concatenate([c.rgb for c in thumbnails(edit.path, (48, 27))])
+    ours = np.concatenate([c.rgb for c in frames_thumbnails(decoded(), (48, 27))])
+    assert ours.shape == ffmpeg.shape == (edit.num_frames, 27, 48, 3)
+    assert np.abs(ours.astype(np.float32) - ffmpeg.astype(np.float32)).mean() < 4.0
+    for method in ("transnet", "content"):
+        shots = detect_shots(edit.path, ShotOptions(method), frames=decoded())
+        assert shots.cuts.tolist() == detected[method].cuts.tolist(), method
+        np.testing.assert_allclose(shots.pts, detected[method].pts, atol=1e-9)

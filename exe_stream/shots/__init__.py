@@ -1,9 +1,10 @@
 """Shot boundaries: a film in, its shots out (``detect_shots``), and the shots shard.
 
 Detectors are registered by name in ``SHOT_DETECTORS``; ``transnet`` and ``content`` read every
-frame of the film as a small RGB thumbnail (``thumbs.thumbnails``, one decode pass of its own,
-before the sampled frames are decoded) and give a per-frame transition score; ``codec`` reads
-the bitstream:
+frame of the film as a small RGB thumbnail (one decode pass of its own, before the sampled
+frames are decoded: PyAV with FFmpeg's scaler, ``thumbs.thumbnails``, or on a GPU scan the
+scan's decoder with the thumbnails made on the device, ``thumbs.frames_thumbnails``) and give a
+per-frame transition score; ``codec`` reads the bitstream:
 
 - ``transnet``: TransNetV2 (``shots.transnet``) on 48x27 frames, windows batched on the scan's
   device; a frame whose transition probability exceeds ``threshold`` (default 0.5, the
@@ -38,7 +39,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +48,8 @@ import torch
 from ..errors import DecodeError
 from ..sampling import PickedFrames, SamplingOptions
 from ..shards import find_shards, read_table, shard_path
-from .thumbs import ThumbChunk, thumbnails
+from ..types import FrameBatch
+from .thumbs import ThumbChunk, frames_thumbnails, thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +267,14 @@ def _codec_shots(path: Path, opts: ShotOptions) -> Shots | None:
     return shots_from_scores(found.scores, above, found.pts, "codec", opts.resolved_threshold())
 
 
-def detect_shots(path: str | Path, opts: ShotOptions, device: torch.device | str = "cpu") -> Shots:
-    """The shots of the film at ``path`` (one decode of every frame, see ``thumbs``).
+def detect_shots(path: str | Path, opts: ShotOptions, device: torch.device | str = "cpu",
+                 frames: Iterable[FrameBatch] | None = None) -> Shots:
+    """The shots of the film at ``path`` (one decode of every frame, see ``thumbs``; ``codec``
+    reads the bitstream instead).
+
+    ``frames``: every frame of the film, decoded by the scan's own decoder (a GPU decoder:
+    thumbnails are then made on its device, ``thumbs.frames_thumbnails``); None decodes with
+    PyAV (``thumbs.thumbnails``). ``codec`` does not use them.
 
     Raises ValueError for a detector that is off or not installed, DecodeError (naming the
     file) for a film that cannot be opened or yields no frame. A film whose reading stops
@@ -284,7 +292,7 @@ def detect_shots(path: str | Path, opts: ShotOptions, device: torch.device | str
     size, _ = SHOT_DETECTORS[method]
     pts: list[np.ndarray] = []
     problems: list[str] = []
-    chunks = thumbnails(path, size, problems=problems)
+    chunks = thumbnails(path, size, problems=problems) if frames is None else frames_thumbnails(frames, size)
     scores, above = _BACKENDS[method](chunks, opts, torch.device(device), pts)
     for p in problems:
         log.warning("%s: %s", path, p)
