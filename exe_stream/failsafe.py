@@ -40,6 +40,8 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "cuda-graphs": ("the torch engine on CUDA (fp16, channels_last, CUDA graphs)", "the plain torch model"),
     "onnxruntime-cuda": ("onnxruntime's CUDA execution provider", "the plain torch model"),
     "tensorrt": ("the TensorRT engine", "the plain torch model"),
+    "transnet-cuda": ("TransNetV2 on CUDA (scan --shots transnet)", "TransNetV2 on the CPU"),
+    "identity-cuda": ("the dlib face encoder on CUDA (scan --characters)", "the dlib face encoder on the CPU"),
 }
 
 Status = Literal["unchecked", "verified", "off"]

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import failsafe
+
 CHIP_SIZE = 150
 # The column characters add to the faces dataset (scan --characters).
 CHARACTER_FIELDS = pa.schema([("character_id", pa.int32())])
@@ -239,12 +241,40 @@ def load_encoder(device: torch.device | str = "cpu") -> DlibResNet:
     return _LOADED[key]
 
 
+# Largest embedding difference between CUDA and the CPU on the first batch (TF32 convolutions
+# move embeddings by ~1e-3; two faces are one person below a distance of 0.6).
+CUDA_TOLERANCE = 0.01
+
+
+def _accelerated(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def _embed(net: DlibResNet, x: torch.Tensor) -> torch.Tensor:
+    dev = next(net.parameters()).device
+    return net(x.to(dev)).float().cpu()
+
+
+def _fast_embed(net: DlibResNet, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """The accelerated path: the encoder on ``device`` (the tests replace it with faulty ones)."""
+    return _embed(net, x)
+
+
 @torch.inference_mode()
 def embed_chips(chips: np.ndarray | torch.Tensor, device: torch.device | str = "cpu", batch: int = 64) -> np.ndarray:
-    """Embeddings float32 [B, 128] of aligned face chips uint8 RGB [B, 150, 150, 3]."""
+    """Embeddings float32 [B, 128] of aligned face chips uint8 RGB [B, 150, 150, 3]. On CUDA
+    the first batch is checked against the CPU (failsafe component "identity-cuda")."""
     net = load_encoder(device)
     x = torch.as_tensor(chips)
-    out = [net(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)]
+    out = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        if _accelerated(device):
+            out.append(failsafe.current().run(
+                "identity-cuda", lambda: _fast_embed(net, xb, device), lambda: _embed(load_encoder("cpu"), xb),
+                failsafe.max_abs_diff, CUDA_TOLERANCE))
+        else:
+            out.append(_embed(net, xb))
     return torch.cat(out).numpy() if out else np.zeros((0, 128), np.float32)
 
 

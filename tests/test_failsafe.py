@@ -89,7 +89,7 @@ def test_a_verified_component_failing_later_is_switched_off_and_the_batch_redone
 
 def test_component_names_come_from_the_registry():
     with pytest.raises(ValueError, match=r"unknown accelerated component 'tensorRT'; expected one of \['cuda-graphs', "
-                       r"'dali', 'kernels', 'nvdec', 'onnxruntime-cuda', 'tensorrt'\]"):
+                       r"'dali', 'identity-cuda', 'kernels', 'nvdec', 'onnxruntime-cuda', 'tensorrt', 'transnet-cuda'\]"):
         failsafe.FailSafe().status("tensorRT")
 
 
@@ -184,8 +184,13 @@ def _tables(out: Path, film_id: str) -> tuple[dict, dict]:
     return (read_table(frames_path(out, film_id)).to_pydict(), read_table(faces_path(out, film_id, FER)).to_pydict())
 
 
+# TransNetV2 and the face encoder are checked inside their own functions (tests below).
+NETWORKS = {"transnet-cuda": ("exe_stream.shots.transnet", "_fast_forward"),
+            "identity-cuda": ("exe_stream.identity", "_fast_embed")}
+
+
 @pytest.mark.parametrize("fault", ["exception", "wrong"])
-@pytest.mark.parametrize("component", sorted(failsafe.COMPONENTS))
+@pytest.mark.parametrize("component", sorted(set(failsafe.COMPONENTS) - set(NETWORKS)))
 def test_a_faulty_component_is_switched_off_and_the_scan_writes_the_cpu_shards(
         component, fault, two_films, cpu_scan, tmp_path, monkeypatch, caplog):
     overrides = inject(monkeypatch, component, fault)
@@ -280,3 +285,50 @@ def test_cuda_graphs_that_cannot_be_captured_give_way_to_the_plain_model(monkeyp
     with pytest.raises(RuntimeError, match="not permitted"):  # on the CPU there is nothing to give way to
         pipeline._attach_engines(["m"], "torch", engines.load_profile("default"), auto=True,
                                  device=torch.device("cpu"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["exception", "wrong", "none"])
+@pytest.mark.parametrize("component", sorted(NETWORKS))
+def test_transnet_and_the_face_encoder_on_cuda_check_their_first_batch(
+        component, fault, two_films, tmp_path, monkeypatch, caplog):
+    """TransNetV2 (scan --shots transnet) and the dlib encoder (--characters) on CUDA: their
+    accelerated path (the CPU network dressed as CUDA here, made to raise or to be wrong) is
+    checked against the CPU on the first batch; the scan's shards equal a CPU scan's."""
+    import importlib
+
+    from exe_stream.shots import ShotOptions
+
+    module, name = NETWORKS[component]
+    mod = importlib.import_module(module)
+    extra = {"shots": ShotOptions("transnet")} if component == "transnet-cuda" else {
+        "shots": ShotOptions("content"), "characters": True}
+    opts = ScanOptions(**{**OPTS, **extra})
+    assert scan(two_films[:1], tmp_path / "cpu", opts).ok  # the reference: plain CPU
+    real = getattr(mod, name)
+
+    def faulty(net, x, device):
+        if fault == "exception":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        out = real(net, x, device)
+        return out + 0.5 if fault == "wrong" else out
+
+    monkeypatch.setattr(mod, name, faulty)
+    monkeypatch.setattr(mod, "_accelerated", lambda device: True)
+    res = scan(two_films[:1], tmp_path / "acc", opts)
+    assert res.ok
+    fid = res.films[0].film_id
+    frames, faces = _tables(tmp_path / "acc", fid)
+    assert (frames, faces) == _tables(tmp_path / "cpu", fid)
+    assert ("shot_index" in frames) and (component != "identity-cuda" or faces["character_id"])
+    manifest = json.loads((tmp_path / "acc" / "manifest.json").read_text())
+    verdict = manifest["scans"][-1]["failsafe"][component]
+    path = manifest["films"][fid]["paths"][component]
+    if fault == "none":
+        assert verdict == {"status": "verified", "reason": "", "figure": 0.0} and path == "used"
+        assert not _warnings(caplog)
+    else:
+        (msg,) = _warnings(caplog)
+        assert msg.startswith(f"{component} (") and "switched off for the rest of the scan" in msg
+        assert verdict["status"] == "off" and path.startswith("off: ")
+        assert ("RuntimeError" in verdict["reason"]) if fault == "exception" else ("differs from" in verdict["reason"])

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import failsafe
+
 # Input frame size (width, height) the network was trained on.
 SIZE = (48, 27)
 WINDOW, STEP, CONTEXT = 100, 50, 25  # frames per window, stride, context kept either side
@@ -227,22 +229,50 @@ def _windows(chunks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
         buf = [rest] if len(rest) else []
 
 
+# Largest difference of transition probabilities between CUDA and the CPU on the first batch
+# (TF32 convolutions on CUDA move them by ~1e-3; the decision threshold is 0.5).
+CUDA_TOLERANCE = 0.02
+
+
+def _accelerated(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+@torch.inference_mode()
+def _probabilities(net: TransNetV2, x: torch.Tensor) -> torch.Tensor:
+    """Transition probabilities float32 [B, STEP] (CPU) of windows x uint8 [B, 100, 27, 48, 3]
+    on the network's device."""
+    dev = next(net.parameters()).device
+    return torch.sigmoid(net(x.to(dev))[:, CONTEXT:CONTEXT + STEP]).float().cpu()
+
+
+def _fast_forward(net: TransNetV2, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """The accelerated path: the network on ``device`` (the tests replace it with faulty ones)."""
+    return _probabilities(net, x)
+
+
 @torch.inference_mode()
 def predict(chunks: Iterable[np.ndarray], device: torch.device | str = "cpu",
             windows_per_batch: int = 4) -> np.ndarray:
     """Per-frame transition probabilities float32 [N] of a film given as a stream of uint8 RGB
     frames [n, 27, 48, 3] in presentation order (memory: a few windows, not the film).
 
-    Windows are batched ``windows_per_batch`` at a time through the network on ``device``."""
+    Windows are batched ``windows_per_batch`` at a time through the network on ``device``; on
+    CUDA, the first batch is checked against the CPU (failsafe component "transnet-cuda")."""
     net = load_transnet(device)
     out: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     keep: list[int] = []
 
     def run() -> None:
-        x = torch.from_numpy(np.stack(batch)).to(device)
-        p = torch.sigmoid(net(x)[:, CONTEXT:CONTEXT + STEP]).float().cpu().numpy()
-        out.extend(row[:k] for row, k in zip(p, keep))
+        x = torch.from_numpy(np.stack(batch))
+        if _accelerated(device):  # checked against the CPU on its first batch (exe_stream.failsafe)
+            p = failsafe.current().run(
+                "transnet-cuda", lambda: _fast_forward(net, x, device), lambda: _probabilities(load_transnet("cpu"), x),
+                failsafe.max_abs_diff, CUDA_TOLERANCE)
+        else:
+            p = _probabilities(net, x)
+        out.extend(row[:k] for row, k in zip(p.numpy(), keep))
         batch.clear()
         keep.clear()
 
