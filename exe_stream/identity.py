@@ -24,6 +24,7 @@ them; dlib compares embeddings by Euclidean distance, same person below 0.6.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +220,13 @@ class DlibResNet(nn.Module):
 
 def weights_file() -> Path:
     """dlib_face_recognition_resnet_model_v1.dat from the installed ``face-recognition-models``
-    package (located without importing it); ValueError saying what to install when missing."""
+    package (located without importing it), or the file named by ``$EXE_STREAM_DLIB_WEIGHTS``
+    (a machine without the package); ValueError saying what to install when missing."""
+    override = os.environ.get("EXE_STREAM_DLIB_WEIGHTS")
+    if override:
+        if not Path(override).is_file():
+            raise ValueError(f"{override}: no such file (EXE_STREAM_DLIB_WEIGHTS)")
+        return Path(override)
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise ValueError("identity embeddings need the package face-recognition-models "

@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
-import dlib  # dlib-bin, in the test extra
 import numpy as np
 import pytest
+import torch
+
+from conftest import NEEDS_CUDA
 
 from exe_stream.identity import SAME_PERSON_DISTANCE, characters, embed_chips, embed_faces, read_dlib_net, weights_file
 DATA = Path(__file__).parent / "data"
@@ -25,12 +27,15 @@ def _rgb(path: Path, index: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def dlib_models():
+    dlib = pytest.importorskip("dlib")  # dlib-bin, in the test extra (not on the GPU device image)
     models = weights_file().parent
     return (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")),
             dlib.face_recognition_model_v1(str(weights_file())))
 
 
 def _chips(images, dlib_models):
+    import dlib
+
     det, sp, _ = dlib_models
     chips = []
     for img in images:
@@ -195,3 +200,24 @@ def test_bad_cast_files_are_named(tmp_path):
         load_cast(bad)
     with pytest.raises(ValueError, match="--cast names characters: it needs --characters"):
         ScanOptions(cast=str(bad), shots=ShotOptions("content"))
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_the_encoder_on_cuda_agrees_with_the_cpu(device):
+    """Three real photos, resized to chips (no dlib needed): CUDA embeddings within the fail
+    safe's tolerance of the CPU's, and the component verified."""
+    from exe_stream import failsafe
+    from exe_stream.identity import CUDA_TOLERANCE
+
+    try:
+        weights_file()
+    except ValueError as e:  # a device run carries the file: EXE_STREAM_DLIB_WEIGHTS
+        pytest.skip(f"dlib encoder weights not installed: {e}")
+    chips = np.stack([av.open(str(DATA / n)).decode(video=0).__next__().to_ndarray(
+        width=150, height=150, format="rgb24") for n in ("grace_hopper_512x512.jpg", "astronaut.png",
+                                                          "Tom_Hanks_54745.png")])
+    cpu = embed_chips(chips, "cpu")
+    with failsafe.session() as fs:
+        gpu = embed_chips(chips, device)
+        assert fs.status("identity-cuda") == "verified", fs.state("identity-cuda")
+    np.testing.assert_allclose(gpu, cpu, atol=CUDA_TOLERANCE)

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pyarrow.parquet
 import pytest
 import torch
 
+from conftest import NEEDS_CUDA
 from edits import X264, Piece, f1, make_edit
 from exe_stream.errors import DecodeError
 from exe_stream.pipeline import ScanOptions, _options_key, scan
@@ -389,3 +391,61 @@ def test_thumbnails_from_decoded_frames_give_the_same_shots(edit, detected):
         shots = detect_shots(edit.path, ShotOptions(method), frames=decoded())
         assert shots.cuts.tolist() == detected[method].cuts.tolist(), method
         np.testing.assert_allclose(shots.pts, detected[method].pts, atol=1e-9)
+
+
+# On CUDA (benchmarks/gpu/verify.sh runs these on a lent GPU; they skip without one) ----------
+
+HAVE_NVDEC = torch.cuda.is_available() and importlib.util.find_spec("PyNvVideoCodec") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_transnet_on_cuda_agrees_with_the_cpu(device, request):
+    from exe_stream import failsafe
+    from exe_stream.shots.transnet import CUDA_TOLERANCE, weights_file
+
+    try:
+        weights_file()
+    except ValueError as e:  # a device run carries the file: EXE_STREAM_TRANSNET_WEIGHTS
+        pytest.skip(f"TransNetV2 weights not installed: {e}")
+    edit, detected = request.getfixturevalue("edit"), request.getfixturevalue("detected")
+
+    with failsafe.session() as fs:
+        shots = detect_shots(edit.path, ShotOptions("transnet"), device)
+        assert fs.status("transnet-cuda") == "verified", fs.state("transnet-cuda")
+    np.testing.assert_allclose(shots.scores, detected["transnet"].scores, atol=CUDA_TOLERANCE)
+    assert shots.cuts.tolist() == detected["transnet"].cuts.tolist()
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_thumbnails_on_cuda_equal_the_cpus(clips, device):
+    from exe_stream.decode.pyav import PyAVDecoder
+    from exe_stream.pipeline import _to_device
+    from exe_stream.shots.thumbs import frames_thumbnails
+
+    batches = list(PyAVDecoder().frames(clips / "bikes.mp4", SamplingOptions(every=1), 32))
+    cpu = np.concatenate([c.rgb for c in frames_thumbnails(batches, (48, 27))])
+    gpu = np.concatenate([c.rgb for c in frames_thumbnails([_to_device(b, torch.device(device)) for b in batches],
+                                                            (48, 27))])
+    assert gpu.shape == cpu.shape == (250, 27, 48, 3)
+    assert np.abs(gpu.astype(np.int16) - cpu.astype(np.int16)).max() <= 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_NVDEC, reason="needs a CUDA device and PyNvVideoCodec")
+def test_an_nvdec_scan_with_transnet_shots_matches_the_cpu_scan(tmp_path, clips):
+    from exe_stream.shots.transnet import weights_file
+
+    try:
+        weights_file()
+    except ValueError as e:
+        pytest.skip(f"TransNetV2 weights not installed: {e}")
+    film = clips / "bikes.mp4"
+    base = dict(sampling=SamplingOptions(every=25), batch_size=8, shots=ShotOptions("transnet"))
+    gpu = scan([film], tmp_path / "gpu", ScanOptions(device="cuda", decoder="nvdec", **base))
+    cpu = scan([film], tmp_path / "cpu", ScanOptions(device="cpu", decoder="pyav", **base))
+    assert gpu.ok and cpu.ok
+    assert read_shots(tmp_path / "gpu").column("first_frame").to_pylist() == \
+        read_shots(tmp_path / "cpu").column("first_frame").to_pylist() == [0, 30, 76, 137, 187, 242]
+    paths = json.loads((tmp_path / "gpu" / "manifest.json").read_text())["films"]["bikes"]["paths"]
+    assert paths["decoder"] == "nvdec" and paths.get("transnet-cuda") == "used", paths

