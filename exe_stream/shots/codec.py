@@ -20,9 +20,9 @@ detector reads those decisions:
    of its cuts reached 2.3x its neighbours), so the bitstream does not show its cuts. Otherwise,
    an intra picture that the keyframe interval forced (a keyframe exactly ``keyint``
    frames after the keyframe before it; ``keyint`` from the settings string, else the largest
-   keyframe spacing when it occurs at least twice) is *unsure*. Every other intra picture after
-   the first frame is a cut: the encoder's scene-cut decision, taken as it is (a flash or a
-   very fast change can make one too).
+   keyframe spacing when it occurs at least twice; every keyframe when neither tells) is
+   *unsure*. Every other intra picture after the first frame is a cut: the encoder's scene-cut
+   decision, taken as it is (a flash or a very fast change can make one too).
 3. Inter pictures, when no settings string says the encoder marks scene changes itself (as
    x264's and x265's ``scenecut=40`` default does), e.g. FFmpeg's MPEG-4 encoder, whose scene
    detection is weaker: a packet at least ``SPIKE``
@@ -142,18 +142,23 @@ def read_cuts(path: str | Path, threshold: float, min_gap: int,
     keys = np.flatnonzero(key)
     keyint = _keyint(keys, encoder)
     intra = np.flatnonzero(pict == bitstream.PICT_I)
-    forced: set[int] = set()
+    unknown_interval = keyint is None
+    forced: set[int] = set()  # keyframes the interval may have forced: decoded to be sure
     prev_key = None
     for k in intra:
-        if key[k] and prev_key is not None and keyint and k - prev_key == keyint:
+        if key[k] and k > 0 and (unknown_interval or (prev_key is not None and k - prev_key == keyint)):
             forced.add(int(k))
         if key[k]:
             prev_key = int(k)
     sure = [int(k) for k in intra if k > 0 and int(k) not in forced]
-    if encoder.get("scenecut", 1) == 0 or encoder.get("intra_refresh", 0) or (not sure and "scenecut" not in encoder):
-        why = ("its encoder settings say scenecut=0" if encoder.get("scenecut", 1) == 0
-               else "its encoder settings say intra_refresh=1" if encoder.get("intra_refresh", 0)
-               else "no keyframe lies off its keyframe interval")
+    why = ""
+    if encoder.get("scenecut", 1) == 0:
+        why = "its encoder settings say scenecut=0"
+    elif encoder.get("intra_refresh", 0):
+        why = "its encoder settings say intra_refresh=1"
+    elif not unknown_interval and not sure and "scenecut" not in encoder:
+        why = "no keyframe lies off its keyframe interval"
+    if why:
         raise ValueError(f"{path}: the encoder put no keyframe at scene changes ({why}), so the "
                          "bitstream does not show the cuts")
     # Whether the encoder is known to mark scene changes (its settings say so): then an inter
