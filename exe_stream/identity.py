@@ -384,8 +384,11 @@ class Cast:
         return f"Cast({len(self.names)} people from {self.source})"
 
 
-def _photo_face(path: Path, device: torch.device | str) -> np.ndarray:
-    """The embedding of the largest face in a photo (its first frame); ValueError when none."""
+def _photo_face(path: str, data: bytes, device: torch.device | str) -> np.ndarray:
+    """The embedding of the largest face in a photo (``data``, the bytes of the file ``path``;
+    its first frame); ValueError naming ``path`` when it cannot be read or shows no face."""
+    import io
+
     import av
 
     from .decode.planes import rgb_to_i420
@@ -393,7 +396,7 @@ def _photo_face(path: Path, device: torch.device | str) -> np.ndarray:
     from .types import FaceBatch, FrameBatch
 
     try:
-        with av.open(str(path)) as c:
+        with av.open(io.BytesIO(data)) as c:
             rgb = next(c.decode(video=0)).to_ndarray(format="rgb24")
     except (av.FFmpegError, OSError, StopIteration) as e:
         raise ValueError(f"{path}: cannot read the photo ({e})") from e
@@ -410,13 +413,28 @@ def _photo_face(path: Path, device: torch.device | str) -> np.ndarray:
     return embed_faces(frames, one, device)[0]
 
 
-_CASTS: dict[tuple, Cast] = {}
+@dataclass(frozen=True)
+class CastFiles:
+    """A cast CSV and its photos, read into memory: what a scan's driver hands to workers that
+    may not see its files (``scan --ray``), so every worker embeds the same photos."""
+
+    csv: str  # the CSV's path as given (named in messages)
+    people: tuple[tuple[str, str, bytes], ...]  # per row: name, photo path (for messages), photo bytes
+    digest: str  # SHA-256 (hex) of the CSV's text and every photo's bytes, in row order
+
+    @property
+    def source(self) -> str:
+        """The CSV's file name and a hash of its rows and photos (part of the scan's resume key)."""
+        return f"{Path(self.csv).name}:{self.digest[:16]}"
+
+    def __repr__(self) -> str:
+        return f"CastFiles({len(self.people)} people from {self.source})"
 
 
-def load_cast(path: str | Path, device: torch.device | str = "cpu") -> Cast:
-    """A cast CSV (columns ``name`` and ``photo``; a photo path is relative to the CSV's folder):
-    each person's embedding from the largest face in their photo. Raises ValueError naming the
-    file (and row) for a missing column, photo or face."""
+def read_cast(path: str | Path) -> CastFiles:
+    """A cast CSV (columns ``name`` and ``photo``; a photo path is relative to the CSV's folder)
+    and its photos' bytes. Raises ValueError naming the file (and row) for a missing column or
+    photo."""
     import csv
     import hashlib
 
@@ -429,21 +447,37 @@ def load_cast(path: str | Path, device: torch.device | str = "cpu") -> Cast:
     if not rows or not {"name", "photo"} <= set(rows[0]):
         raise ValueError(f"{path}: a cast file needs the columns name,photo (one row per person)")
     h = hashlib.sha256(text.encode())
-    photos = []
+    people = []
     for i, row in enumerate(rows, start=2):
         name, photo = (row.get("name") or "").strip(), (row.get("photo") or "").strip()
         if not name or not photo:
             raise ValueError(f"{path}: line {i}: name and photo are both needed")
         p = (path.parent / photo) if not Path(photo).is_absolute() else Path(photo)
-        if not p.is_file():
-            raise ValueError(f"{path}: line {i}: photo {photo!r} not found")
-        h.update(p.read_bytes())
-        photos.append((name, p))
-    key = (str(path.resolve()), h.hexdigest(), str(device))
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise ValueError(f"{path}: line {i}: photo {photo!r} not found") from e
+        h.update(data)
+        people.append((name, str(p), data))
+    return CastFiles(str(path), tuple(people), h.hexdigest())
+
+
+_CASTS: dict[tuple[str, str], Cast] = {}
+
+
+def embed_cast(files: CastFiles, device: torch.device | str = "cpu") -> Cast:
+    """Each person's embedding from the largest face in their photo (computed once per cast
+    content and device). Raises ValueError naming a photo that cannot be read or shows no face."""
+    key = (files.digest, str(device))
     if key not in _CASTS:
-        emb = np.stack([_photo_face(p, device) for _, p in photos])
-        _CASTS[key] = Cast([n for n, _ in photos], emb.astype(np.float32), f"{path.name}:{h.hexdigest()[:16]}")
+        emb = np.stack([_photo_face(p, data, device) for _, p, data in files.people])
+        _CASTS[key] = Cast([n for n, _, _ in files.people], emb.astype(np.float32), files.source)
     return _CASTS[key]
+
+
+def load_cast(path: str | Path, device: torch.device | str = "cpu") -> Cast:
+    """A cast CSV read (``read_cast``) and embedded (``embed_cast``)."""
+    return embed_cast(read_cast(path), device)
 
 
 def name_characters(character_id: np.ndarray, embeddings: np.ndarray, cast: Cast,

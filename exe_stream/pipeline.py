@@ -42,7 +42,10 @@ from .shards import (
     faces_table, fingerprint, frames_path, frames_table, remove_film_shards, shard_metadata, write_table,
 )
 from .embeddings import embeddings_path, remove_embeddings, write_embeddings
-from .identity import CAST_FIELDS, CHARACTER_FIELDS, characters, embed_faces, load_cast, name_characters
+from .identity import (
+    CAST_FIELDS, CHARACTER_FIELDS, Cast, CastFiles, characters, embed_cast, embed_faces, load_cast, name_characters,
+    read_cast,
+)
 from .tracks import TRACK_FIELDS, TrackingRows, split_tracking, tracking_frames
 from .tracks import track_ids as link_tracks
 from .types import FaceBatch, FrameBatch
@@ -502,7 +505,7 @@ def _checked_decoder(batches: Iterator[FrameBatch], name: str, path: Path,
 def _scan_film(
     path: Path, film_id: str, out: Path, opts: ScanOptions, models: Sequence[EmotionModel],
     decoder_name: str, device: torch.device, key: str, on_frames: Callable[[int, int], None] | None,
-    gate: _InferenceGate | None = None,
+    gate: _InferenceGate | None = None, cast: Cast | None = None,
 ) -> tuple[FilmResult, dict[str, Any]]:
     start = time.perf_counter()
     fs = failsafe.current()
@@ -532,7 +535,7 @@ def _scan_film(
     result, rows = run.result, run.rows
     if result.frames > 0 or result.status == "done":
         # 4. Write the shards: frames (every sampled frame) and faces per model.
-        _write_film(out, film_id, rows, models, opts, ran, key, run.shots, run.tracking, run.identity)
+        _write_film(out, film_id, rows, models, opts, ran, key, run.shots, run.tracking, run.identity, cast)
     else:
         # Nothing decoded: no shards, and none left over from an earlier scan of this id.
         remove_film_shards(out, film_id)
@@ -697,7 +700,8 @@ def _to_device(frames: FrameBatch, device: torch.device) -> FrameBatch:
 
 def _write_film(out: Path, film_id: str, rows: _FilmRows, models: Sequence[EmotionModel],
                 opts: ScanOptions, decoder_name: str, key: str, film_shots: shots.Shots | None = None,
-                tracking: TrackingRows | None = None, identity: list[np.ndarray] | None = None) -> None:
+                tracking: TrackingRows | None = None, identity: list[np.ndarray] | None = None,
+                cast: Cast | None = None) -> None:
     frames, faces = rows.arrays()
     common = dict(
         detector=asdict(opts.detector), sampling=asdict(opts.sampling),
@@ -715,8 +719,8 @@ def _write_film(out: Path, film_id: str, rows: _FilmRows, models: Sequence[Emoti
     if track_ids is not None and identity is not None:  # tracks clustered into characters
         emb = np.concatenate(identity) if identity else np.zeros((0, 128), np.float32)
         character_ids = characters(track_ids, emb)
-        if opts.cast is not None:  # names from the cast photos (loaded once per scan)
-            character_names = name_characters(character_ids, emb, load_cast(opts.cast))
+        if opts.cast is not None:  # names from the cast photos (embedded once per scan)
+            character_names = name_characters(character_ids, emb, cast if cast is not None else load_cast(opts.cast))
     if film_shots is not None:  # shots on: a shot_index per sampled frame, and the shots shard
         frames_shard = shots.with_shot_index(frames_shard, film_shots)
         write_table(shots.shots_path(out, film_id),
@@ -801,7 +805,8 @@ class FilmScanner:
     driver) records the entries.
     """
 
-    def __init__(self, opts: ScanOptions, device: str | torch.device | None = None) -> None:
+    def __init__(self, opts: ScanOptions, device: str | torch.device | None = None,
+                 cast: CastFiles | None = None) -> None:
         self.opts = opts
         # Where it runs: ``device``, else ``opts.device`` ("auto" picks CUDA when available).
         self.device = device if isinstance(device, torch.device) else resolve_device(device or opts.device)
@@ -814,10 +819,12 @@ class FilmScanner:
                                                                 opts.engine == "auto", self.device)
         self.models = models
         # A cast (--cast) is read, and its photos embedded, before any film: a bad file fails here.
-        cast = load_cast(opts.cast) if opts.cast is not None else None
+        # ``cast``: the files of opts.cast as a driver read them, for workers that cannot see
+        # them (scan --ray); the same content gives the same resume key.
+        self.cast = embed_cast(cast if cast is not None else read_cast(opts.cast)) if opts.cast is not None else None
         self.key = _options_key(opts, models, self.decoder,
                                 None if opts.embeddings else engine_key(self.engine, self.device, self.profile),
-                                cast.source if cast is not None else None)
+                                self.cast.source if self.cast is not None else None)
 
     def __call__(self, path: str | Path, film_id: str, out: str | Path,
                  on_frames: Callable[[int, int], None] | None = None,
@@ -826,7 +833,7 @@ class FilmScanner:
         the fingerprint and metadata, which the driver adds). Never raises for a bad film: a
         film that cannot be scanned comes back ``failed`` (or ``partial``) with its reason."""
         return _scan_film(Path(path), film_id, Path(out), self.opts, self.models, self.decoder,
-                          self.device, self.key, on_frames, gate)
+                          self.device, self.key, on_frames, gate, self.cast)
 
     def scan_record(self, films: int) -> dict[str, Any]:
         """This scan's entry in the manifest's ``scans`` list."""

@@ -19,6 +19,11 @@ its node removed, the worker killed for memory) is retried on another actor up t
 ``max_attempts`` attempts in all; each lost attempt is recorded in the film's manifest entry
 (``attempts``), and a film that runs out of attempts is ``failed`` with them as its reason.
 
+Shots, tracks and characters (``ScanOptions.shots``, ``characters``, ``cast``): workers write
+the shots shard with the film's other shards; the driver declares the columns and datasets they
+add in the union schemas (``_common_metadata``) before any film, and reads the ``--cast`` CSV
+and photos once, handing their content (``identity.CastFiles``) to every worker.
+
 Ray is an optional dependency (the ``ray`` extra), imported when a Ray scan starts.
 """
 
@@ -37,16 +42,18 @@ from typing import Any, Callable, Iterable
 
 from . import storage
 from .decode import VIDEO_EXTENSIONS, find_videos
-from .embeddings import embeddings_path
+from .embeddings import EMBEDDINGS_DIR, embeddings_path
 from .errors import ExeStreamError
+from .identity import CastFiles, read_cast
 from .options import check_range
 from .pipeline import (
-    FilmResult, FilmScanner, ScanOptions, ScanResult, _finish_entry, _fingerprint, _is_done, _local_shards_exist,
-    _open_output, _skipped,
+    FilmResult, FilmScanner, ScanOptions, ScanResult, _added_schemas, _finish_entry, _fingerprint, _is_done,
+    _local_shards_exist, _open_output, _skipped,
 )
 from .shards import (
     COMMON_SCHEMA_FILE, DATASETS, Manifest, faces_path, frames_path, remove_film_temporaries,
 )
+from .shots import shots_path
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +123,7 @@ def _connect(ray, address: str) -> bool:
 class _FilmWorker:
     """A Ray actor around one FilmScanner (made remote in ``_actor_class``)."""
 
-    def __init__(self, opts: ScanOptions, device: str, threads: int) -> None:
+    def __init__(self, opts: ScanOptions, device: str, threads: int, cast: CastFiles | None = None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -124,7 +131,9 @@ class _FilmWorker:
         # driver gets the error itself rather than an actor that died in its constructor.
         self.setup_error: Exception | None = None
         try:
-            self.scanner = FilmScanner(opts, device)
+            # ``cast``: the --cast CSV and photos as the driver read them (this node may not
+            # see the driver's files, nor resolve a relative path from the same directory).
+            self.scanner = FilmScanner(opts, device, cast)
         except Exception as e:
             self.setup_error = e
 
@@ -173,6 +182,11 @@ class _FilmWorker:
                 if storage.is_uri(out):  # each object appears complete or not at all
                     files = sorted(p for p in local_out.rglob("*") if p.is_file())
                     storage.put_tree(local_out, files, out)
+                    # As a local scan does: no shots shard of an earlier scan stays beside
+                    # shards written without shots (or a film of which nothing decoded).
+                    shots_rel = shots_path(Path(), film_id)
+                    if not (local_out / shots_rel).exists():
+                        storage.remove(storage.join(out, shots_rel.as_posix()))
             if storage.is_uri(path):
                 res.path = entry["path"] = path
         entry["worker"] = {"node": node, "pid": os.getpid(), "device": str(self.scanner.device)}
@@ -233,17 +247,21 @@ class _Output:
     directory holding the manifest and dataset schemas, each put to object storage when it
     changes, while the workers put the shards."""
 
-    def __init__(self, out: str | Path) -> None:
+    def __init__(self, out: str | Path, opts: ScanOptions) -> None:
         self.uri = str(out) if storage.is_uri(out) else None
         self.local = Path(tempfile.mkdtemp(prefix="exe-stream-out-")) if self.uri else Path(out)
+        self.opts = opts
+        # The datasets whose union schema (_common_metadata) this scan declares: frames, faces
+        # and those --shots and --characters add (shots; their columns go to frames and faces).
+        self.datasets = tuple(dict.fromkeys([*DATASETS, *(ds for ds, _ in _added_schemas(opts))]))
         if self.uri:  # resume: what an earlier scan into this output left
-            for rel in ("manifest.json", *(f"{ds}/{COMMON_SCHEMA_FILE}" for ds in DATASETS)):
+            for rel in ("manifest.json", *(f"{ds}/{COMMON_SCHEMA_FILE}" for ds in self.datasets)):
                 storage.get_file(storage.join(self.uri, rel), self.local / rel)
 
     def open(self, label_sets) -> Manifest:
-        manifest = _open_output(self.local, label_sets)
+        manifest = _open_output(self.local, label_sets, self.opts)
         if self.uri:
-            for ds in DATASETS:
+            for ds in self.datasets:
                 if (self.local / ds / COMMON_SCHEMA_FILE).exists():
                     storage.put_file(self.local / ds / COMMON_SCHEMA_FILE,
                                      storage.join(self.uri, ds, COMMON_SCHEMA_FILE))
@@ -258,7 +276,8 @@ class _Output:
         if not self.uri:
             return _local_shards_exist(self.local, film_id, opts, model_ids)
         rels = [frames_path(Path(), film_id), *(faces_path(Path(), film_id, m) for m in model_ids),
-                *(embeddings_path(Path(), film_id, m) for m in model_ids if opts.embeddings)]
+                *(embeddings_path(Path(), film_id, m) for m in model_ids if opts.embeddings),
+                *([shots_path(Path(), film_id)] if opts.shots.enabled else [])]
         return all(storage.exists(storage.join(self.uri, r.as_posix())) for r in rels)
 
     @property
@@ -273,9 +292,10 @@ class _Output:
 class _Slots:
     """The worker actors, one per slot of the cluster's alive nodes (see the module doc)."""
 
-    def __init__(self, ray, opts: ScanOptions, ropts: RayOptions, films_per_gpu: int) -> None:
+    def __init__(self, ray, opts: ScanOptions, ropts: RayOptions, films_per_gpu: int, cast: Any = None) -> None:
         self.ray = ray
         self.opts = opts
+        self.cast = cast  # the --cast files (CastFiles, put in the object store once), or None
         self.ropts = ropts
         self.films_per_gpu = films_per_gpu
         self.actors: dict[Any, tuple[str, str]] = {}  # actor -> (node id, "gpu" | "cpu")
@@ -310,12 +330,12 @@ class _Slots:
                     actor = self._remote.options(
                         num_gpus=1 / self.films_per_gpu, num_cpus=0, max_restarts=0,
                         scheduling_strategy=strategy,
-                    ).remote(self.opts, "cuda", 1)
+                    ).remote(self.opts, "cuda", 1, self.cast)
                 else:
                     actor = self._remote.options(
                         num_cpus=self.ropts.cpus_per_film, num_gpus=0, max_restarts=0,
                         scheduling_strategy=strategy,
-                    ).remote(self.opts, "cpu", math.ceil(self.ropts.cpus_per_film))
+                    ).remote(self.opts, "cpu", math.ceil(self.ropts.cpus_per_film), self.cast)
                 self.actors[actor] = (node_id, kind)
                 self.idle.append(actor)
                 started += 1
@@ -370,18 +390,22 @@ def scan_ray(
     ``pipeline.scan`` with the same options (see the module doc for placement and failures).
 
     PATHs and ``out`` must be reachable under the same names from every node (a shared file
-    system). The callbacks run in the calling thread: ``on_film_start`` when a film is handed
+    system, or object-storage URIs); ``opts.cast`` need not be (this process reads it and sends
+    its content to the workers). The callbacks run in the calling thread: ``on_film_start`` when a film is handed
     to a worker (or skipped), ``on_film_frames(film_id, done, total)`` as workers report
     frames, ``on_film_end`` as each film is recorded, ``on_film_worker(film_id, node_id, pid)``
     when a film's worker first reports (where an attempt runs).
     """
     ray = _import_ray()
     films = list_films(paths)
-    output = _Output(out)
+    # The cast is read here, once (a bad file fails before the cluster starts), and its content
+    # goes to the workers, which may not see this machine's files.
+    cast = read_cast(opts.cast) if opts.cast is not None else None
+    output = _Output(out, opts)
     started = _connect(ray, ropts.address)
     try:
         return _scan_ray(ray, films, output, opts, ropts, metadata, on_film_start, on_film_end, on_film_frames,
-                         on_film_worker)
+                         on_film_worker, cast)
     finally:
         output.close()
         if started:
@@ -401,9 +425,10 @@ def list_films(paths: Iterable[str | Path]) -> list[str | Path]:
 
 
 def _scan_ray(ray, films, output, opts, ropts, metadata, on_film_start, on_film_end, on_film_frames,
-              on_film_worker) -> ScanResult:
+              on_film_worker, cast=None) -> ScanResult:
     transient = _transient_errors(ray)
-    slots = _Slots(ray, opts, ropts, _films_per_gpu(ray, opts, ropts, films))
+    slots = _Slots(ray, opts, ropts, _films_per_gpu(ray, opts, ropts, films),
+                   ray.put(cast) if cast is not None else None)
     if not slots.reconcile():
         raise RayScanError(
             f"the Ray cluster has no room for a film worker (resources: {ray.cluster_resources()}; "
@@ -441,7 +466,8 @@ def _scan_ray(ray, films, output, opts, ropts, metadata, on_film_start, on_film_
             manifest.films[res.film_id] = _finish_entry(entry, film.fingerprint, res, metadata)
             output.save(manifest)
             if not output.uri:
-                remove_film_temporaries(output.local, film.film_id)  # left by a worker killed mid-write
+                # Left by a worker killed mid-write, in any dataset this scan writes.
+                remove_film_temporaries(output.local, film.film_id, (*output.datasets, EMBEDDINGS_DIR))
         results[film.index] = res
         if on_film_end:
             on_film_end(res)

@@ -384,11 +384,11 @@ def remove_film_shards(out: Path, film_id: str) -> None:
             s.path.unlink(missing_ok=True)
 
 
-def remove_film_temporaries(out: Path, film_id: str) -> int:
-    """Delete the temporary files a writer killed mid-write left beside a film's shards (see
-    ``atomic.TMP_GLOB``; complete shards are never touched); the number removed."""
+def remove_film_temporaries(out: Path, film_id: str, datasets: Iterable[str] = DATASETS) -> int:
+    """Delete the temporary files a writer killed mid-write left beside a film's shards in
+    ``datasets`` (see ``atomic.TMP_GLOB``; complete shards are never touched); the number removed."""
     n = 0
-    for ds in DATASETS:
+    for ds in datasets:
         root = Path(out) / ds
         for d in [root, *sorted(root.glob("*"))] if root.is_dir() else ():
             for p in d.glob(f".{film_id}.parquet.tmp-*") if d.is_dir() else ():

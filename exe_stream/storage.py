@@ -140,6 +140,20 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
+def remove(uri: str) -> bool:
+    """Delete the object at ``uri``; False when there was none."""
+    import pyarrow.fs as pafs
+
+    fs, path = open_uri(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return False
+    try:
+        fs.delete_file(path)
+    except OSError as e:
+        raise StorageError(f"cannot delete {uri}: {e}") from e
+    return True
+
+
 def put_tree(local_root: Path, files: list[Path], uri: str) -> None:
     """Upload ``files`` (under ``local_root``) to the same relative paths under ``uri``."""
     for f in files:

@@ -29,6 +29,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 FER = "fer2013-minixception"
+DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.slow
 
 # Fast failure detection for the node-removal test (Ray's defaults wait tens of seconds).
@@ -334,3 +335,102 @@ def test_s3_in_and_out_same_as_local_and_stats_read_it(cluster, s3, library, tmp
     # A local scan refuses object storage, naming it and the way out.
     r = CliRunner().invoke(app, ["scan", "s3://films/lib", "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "s3://films/lib" in r.output and "--ray" in r.output
+
+
+def _output_files(out: Path) -> dict[str, object]:
+    """Every file of a scan output but the manifest, by relative path: a Parquet shard's table
+    and schema metadata (less the package version), a union schema (_common_metadata) as is."""
+    import pyarrow.parquet as pq
+
+    files: dict[str, object] = {}
+    for p in sorted(q for q in out.rglob("*") if q.is_file() and q.name != "manifest.json"):
+        rel = p.relative_to(out).as_posix()
+        if p.name == "_common_metadata":
+            files[rel] = pq.read_schema(p)
+        else:
+            t = read_table(p)
+            files[rel] = (t.replace_schema_metadata(None),
+                          {k: v for k, v in t.schema.metadata.items() if k != b"exe_stream.version"})
+    return files
+
+
+def test_cli_scan_on_ray_with_shots_tracks_characters_and_a_cast_same_as_local(cluster, s3, films, clips, tmp_path,
+                                                                               monkeypatch):
+    """--shots with --skip-cuts, --track-every, --characters and a --cast CSV named by a path
+    relative to the driver's directory (not the workers'): into a directory and into s3://, the
+    same shards, shots shards, union schemas, resume keys and recorded options as a local scan;
+    a second run skips every done film; a broken film fails once with its reason; a rescan
+    without shots leaves no shots object behind (as a local rescan leaves no shots file)."""
+    import boto3
+    from edits import make_two_faces
+    from typer.testing import CliRunner
+
+    from exe_stream import storage
+    from exe_stream.cli import app
+    from exe_stream.shots import shots_path
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_two_faces(lib / "two.mp4", clips, DATA / "grace_hopper_512x512.jpg", shots=2)  # a cut at frame 40
+    shutil.copy(films.text_as_mp4, lib / "broken.mp4")
+    work = tmp_path / "work"
+    (work / "photos").mkdir(parents=True)
+    shutil.copy(DATA / "grace_hopper_512x512.jpg", work / "photos" / "hopper.jpg")
+    (work / "cast.csv").write_text("name,photo\nGrace Hopper,photos/hopper.jpg\n")
+    monkeypatch.chdir(work)  # the Ray workers run elsewhere: they get the cast's content from the driver
+    args = [str(lib), "--shots", "content", "--every", "10", "--skip-cuts", "--track-every", "4", "--characters",
+            "--cast", "cast.csv", "--device", "cpu", "-q"]
+    runner = CliRunner()
+    r = runner.invoke(app, ["scan", *args, "-o", str(tmp_path / "local")])
+    assert r.exit_code == 1 and "broken.mp4" in r.output, r.output  # the broken film fails, the other is done
+    local = _output_files(tmp_path / "local")
+    assert {"frames/_common_metadata", "faces/_common_metadata", "shots/_common_metadata", "shots/two.parquet",
+            "frames/two.parquet"} <= set(local)
+    faces = local[f"faces/{FER}/two.parquet"][0]
+    assert set(faces["character_name"].to_pylist()) == {"Grace Hopper", None}  # the carphone man has no photo
+    assert faces["track_id"].null_count == faces["character_id"].null_count == 0
+    lm = json.loads((tmp_path / "local" / "manifest.json").read_text())
+    same = ("path", "status", "reason", "frames_sampled", "faces", "options_key", "models", "fingerprint", "info")
+
+    boto3.client("s3").create_bucket(Bucket="shots")
+    for out in (str(tmp_path / "ray"), "s3://shots/run1"):
+        r = runner.invoke(app, ["scan", *args, "-o", out, "--ray", cluster.address])
+        assert r.exit_code == 1 and "broken.mp4" in r.output, r.output
+        with storage.local_copy(out) as copy:
+            assert _output_files(copy) == local, out
+            rm = json.loads((copy / "manifest.json").read_text())
+        assert {f: {k: e[k] for k in same} for f, e in rm["films"].items()} == \
+            {f: {k: e[k] for k in same} for f, e in lm["films"].items()}
+        assert rm["scans"][-1]["options"] == lm["scans"][-1]["options"]
+        assert rm["scans"][-1]["options"]["cast"] == "cast.csv"
+        assert rm["films"]["two"]["worker"]["pid"] != os.getpid()
+        assert "attempts" not in rm["films"]["broken"]  # failed once, not retried
+        # Resume: the done film is skipped (its entry, worker and timings, stays as it was), or
+        # scanned again when its shots shard is gone (here from the bucket); the broken one is
+        # tried again and fails again.
+        lost = storage.is_uri(out) and storage.remove(storage.join(out, shots_path(Path(), "two").as_posix()))
+        r = runner.invoke(app, ["scan", *args, "-o", out, "--ray", cluster.address])
+        assert r.exit_code == 1, r.output
+        with storage.local_copy(out) as copy:
+            again = json.loads((copy / "manifest.json").read_text())
+            assert _output_files(copy) == local, out
+        assert len(again["scans"]) == 2 and again["films"]["broken"]["status"] == "failed"
+        assert (again["films"]["two"] != rm["films"]["two"]) == lost
+    # A rescan of the film without shots into object storage: no shots object stays beside its
+    # new shards (a local rescan removes the file: tests/test_shots.py).
+    res = scan_ray([lib / "two.mp4"], "s3://shots/run1", _opts(sampling=SamplingOptions(every=40)),
+                   RayOptions(address=cluster.address))
+    assert [f.status for f in res.films] == ["done"]
+    assert not storage.exists(storage.join("s3://shots/run1", shots_path(Path(), "two").as_posix()))
+    assert storage.exists(storage.join("s3://shots/run1", frames_path(Path(), "two").as_posix()))
+
+
+def test_a_bad_cast_file_fails_before_the_cluster_is_used(tmp_path, library):
+    from exe_stream.shots import ShotOptions
+
+    cast = tmp_path / "cast.csv"
+    cast.write_text("name,photo\nAda,missing.png\n")
+    opts = _opts(shots=ShotOptions("content"), characters=True, cast=str(cast))
+    with pytest.raises(ValueError, match=r"cast.csv: line 2: photo 'missing.png' not found"):
+        scan_ray([library], tmp_path / "out", opts, RayOptions(address="no-such-host:1"))
+    assert not (tmp_path / "out").exists()

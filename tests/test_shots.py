@@ -327,17 +327,6 @@ def test_cli_scan_with_shots_and_a_bad_shots_value(tmp_path, clips, method):
     assert frames.column("shot_index").to_pylist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
-def test_cli_refuses_shots_with_ray(tmp_path, clips):
-    from typer.testing import CliRunner
-
-    from exe_stream.cli import app
-
-    r = CliRunner().invoke(app, ["scan", str(clips / "bikes.mp4"), "-o", str(tmp_path), "--shots", "content",
-                                 "--ray", "auto"])
-    assert r.exit_code == 2, r.output
-    assert "--shots (and tracks, characters) is not yet supported with --ray" in " ".join(r.output.split())
-
-
 @pytest.mark.parametrize("fault", ["none", "wrong"])
 def test_a_gpu_decoder_decodes_the_shots_pass_under_the_fail_safe(tmp_path, clips, monkeypatch, fault):
     """With an accelerated decoder (PyAV dressed as NVDEC here: no GPU in the tests), the shots

@@ -128,7 +128,7 @@ def scan_cmd(
                              "clustered into characters per film (faces get character_id).")] = False,
     cast: Annotated[Optional[Path], typer.Option(
         "--cast", help="With --characters: a CSV of name,photo; characters are named after the nearest photo "
-                       "(faces get character_name).")] = None,
+                       "(faces get character_name). With --ray, read here and sent to the workers.")] = None,
     skip_cuts: Annotated[bool, typer.Option(
         "--skip-cuts", help="Move --every/--interval samples that land on or next to a cut off it (needs --shots).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
@@ -190,8 +190,6 @@ def scan_cmd(
                        films_at_once=films_at_once, shots=shot_opts, characters=characters,
                        cast=str(cast) if cast is not None else None)
     ropts = ray_options(ray, ray_cpus_per_film, ray_films_per_gpu, ray_max_attempts) if ray is not None else None
-    if ropts is not None and shot_opts.enabled:
-        raise ValueError("--shots (and tracks, characters) is not yet supported with --ray; scan without --ray")
     meta = load_metadata(metadata) if metadata else None
     from ..storage import is_uri
 
