@@ -30,7 +30,8 @@ detector reads those decisions:
    where the type is known) is an *unsure* cut somewhere between the reference picture before
    it and itself.
 4. Unsure cuts are decoded exactly around the candidate (``PyAVDecoder`` with picked frames:
-   from the keyframe before, skipping frames nothing refers to), scaled to 256x144 and scored
+   from the keyframe before, skipping frames nothing refers to), scaled to 256x144
+   (``thumbs.frames_thumbnails``, as the shots pass on a GPU decoder) and scored
    with PySceneDetect's content score between successive frames, as ``--shots content`` does;
    the cut is kept, on the frame of the highest score, when that score reaches the threshold
    (27 by default, the content detector's).
@@ -50,10 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..decode import bitstream
-from ..decode.index import DemuxIndex, demux_index
+from ..decode.index import demux_index
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +122,13 @@ def _size_ratios(size: np.ndarray, pict: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_cuts(path: str | Path, threshold: float, min_gap: int,
-              index: DemuxIndex | None = None) -> CodecCuts:
-    """The cuts of the film at ``path`` (see the module doc). ``index``: its demux index taken
-    with ``picture_types`` (read here when None). Raises DecodeError (naming the file) for a
-    film that cannot be read; ValueError saying why for a film whose stream has no
+def read_cuts(path: str | Path, threshold: float, min_gap: int) -> CodecCuts:
+    """The cuts of the film at ``path`` (see the module doc). Raises DecodeError (naming the
+    file) for a film that cannot be read; ValueError saying why for a film whose stream has no
     presentation order or whose encoder marks no scene change (the caller uses the content
     detector)."""
     path = Path(path)
-    index = index if index is not None and index.pict is not None else demux_index(path, picture_types=True)
+    index = demux_index(path, picture_types=True)
     if not index.ordered:
         raise ValueError(f"{path}: the codec detector needs the frames' presentation order "
                          f"before decoding ({index.fallback})")
@@ -193,22 +191,16 @@ def _verify(path: Path, windows: dict[int, list[int]], threshold: float, n: int,
     content score when it reaches ``threshold``."""
     from ..decode.pyav import PyAVDecoder
     from ..errors import DecodeError
-    from ..roi import roi_resample
     from ..sampling import PickedFrames
     from . import content_detector
+    from .thumbs import frames_thumbnails
 
     wanted = sorted({f for w in windows.values() for f in w if 0 <= f < n})
     thumbs: dict[int, np.ndarray] = {}
-    width, height = SCORE_SIZE
     try:
         for batch in PyAVDecoder().frames(path, PickedFrames(indices=tuple(wanted)), batch_size=16):
-            rois = torch.zeros((len(batch), 5), dtype=torch.float32)
-            rois[:, 0] = torch.arange(len(batch), dtype=torch.float32)
-            rois[:, 3], rois[:, 4] = float(batch.width), float(batch.height)
-            rgb = roi_resample(batch, rois, (height, width), "rgb")
-            rgb = (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            for i, f in enumerate(batch.frame_index.tolist()):
-                thumbs[int(f)] = rgb[i]
+            (chunk,) = frames_thumbnails([batch], SCORE_SIZE)  # picked frames: not consecutive
+            thumbs.update(zip(batch.frame_index.tolist(), chunk.rgb))
     except DecodeError as e:  # a damaged stretch: what was decoded is still scored
         result.problems.append(f"codec shots: verifying candidate cuts: {e.reason}")
     kept: set[int] = set()
