@@ -252,8 +252,8 @@ def _embed(net: DlibResNet, x: torch.Tensor) -> torch.Tensor:
     return net(x.to(dev)).float().cpu()
 
 
-def _fast_embed(net: DlibResNet, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """The accelerated path: the encoder on ``device`` (the tests replace it with faulty ones)."""
+def _fast_embed(net: DlibResNet, x: torch.Tensor) -> torch.Tensor:
+    """The accelerated path: the encoder on its CUDA device (the tests replace it with faulty ones)."""
     return _embed(net, x)
 
 
@@ -268,7 +268,7 @@ def embed_chips(chips: np.ndarray | torch.Tensor, device: torch.device | str = "
         xb = x[i:i + batch]
         if _accelerated(device):
             out.append(failsafe.current().run(
-                "identity-cuda", lambda: _fast_embed(net, xb, device), lambda: _embed(load_encoder("cpu"), xb),
+                "identity-cuda", lambda: _fast_embed(net, xb), lambda: _embed(load_encoder("cpu"), xb),
                 failsafe.max_abs_diff, CUDA_TOLERANCE))
         else:
             out.append(_embed(net, xb))

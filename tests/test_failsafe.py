@@ -307,10 +307,10 @@ def test_transnet_and_the_face_encoder_on_cuda_check_their_first_batch(
     assert scan(two_films[:1], tmp_path / "cpu", opts).ok  # the reference: plain CPU
     real = getattr(mod, name)
 
-    def faulty(net, x, device):
+    def faulty(net, x):
         if fault == "exception":
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        out = real(net, x, device)
+        out = real(net, x)
         return out + 0.5 if fault == "wrong" else out
 
     monkeypatch.setattr(mod, name, faulty)

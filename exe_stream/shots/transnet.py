@@ -241,8 +241,8 @@ def _probabilities(net: TransNetV2, x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(net(x.to(dev))[:, CONTEXT:CONTEXT + STEP]).float().cpu()
 
 
-def _fast_forward(net: TransNetV2, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """The accelerated path: the network on ``device`` (the tests replace it with faulty ones)."""
+def _fast_forward(net: TransNetV2, x: torch.Tensor) -> torch.Tensor:
+    """The accelerated path: the network on its CUDA device (the tests replace it with faulty ones)."""
     return _probabilities(net, x)
 
 
@@ -263,7 +263,7 @@ def predict(chunks: Iterable[np.ndarray], device: torch.device | str = "cpu",
         x = torch.from_numpy(np.stack(batch))
         if _accelerated(device):  # checked against the CPU on its first batch (exe_stream.failsafe)
             p = failsafe.current().run(
-                "transnet-cuda", lambda: _fast_forward(net, x, device), lambda: _probabilities(load_transnet("cpu"), x),
+                "transnet-cuda", lambda: _fast_forward(net, x), lambda: _probabilities(load_transnet("cpu"), x),
                 failsafe.max_abs_diff, CUDA_TOLERANCE)
         else:
             p = _probabilities(net, x)
